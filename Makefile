@@ -1,0 +1,34 @@
+# make run: set up .venv, train on the built-in synthetic data, predict on held-out images.
+# make test: set up .venv, run ruff and the whole test suite.
+PYTHON ?= python3
+VENV ?= .venv
+# This machine has a local CPU wheel of exactly this version; override on a GPU box, e.g. TORCH_SPEC=torch
+TORCH_SPEC ?= torch==2.13.0
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.unetseg-installed
+HELDOUT := outputs/heldout-synthetic
+
+.PHONY: install run test lint clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+run: install
+	$(BIN)/unetseg train experiment=quickstart
+	rm -rf $(HELDOUT)
+	$(BIN)/unetseg synthesize output=$(HELDOUT) count=8 seed=1000
+	$(BIN)/unetseg predict input=$(HELDOUT)/image
+
+lint: install
+	$(BIN)/ruff check src tests
+
+test: lint
+	$(BIN)/pytest
+
+clean:
+	rm -rf $(VENV) outputs multirun

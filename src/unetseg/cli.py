@@ -1,0 +1,74 @@
+"""`unetseg <command> [overrides]`: dispatch only. Hydra has no subcommands, so the command word is
+popped here and the rest goes to that command's Hydra entry point."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+from unetseg import __version__
+
+COMMANDS = {
+    "train": "train a U-Net (unetseg train --help)",
+    "predict": "write masks for images with a trained checkpoint (unetseg predict --help)",
+    "synthesize": "write the built-in synthetic EM-like data as image/ and label/ folders",
+}
+
+USAGE = f"""unetseg {__version__}: train U-Nets for image segmentation and predict masks (Hydra configs).
+
+Usage: unetseg <command> [KEY=VALUE ...]
+
+Commands:
+""" + "".join(f"  {name:<11} {text}\n" for name, text in COMMANDS.items()) + """
+Examples:
+  unetseg train experiment=quickstart
+  unetseg train data=isbi data.root=path/to/train optim.lr=1e-5
+  unetseg train -m model=bilinear,transposed
+  unetseg predict input=data/test
+
+Shell completion (bash): eval "$(unetseg -sc install=bash)"
+"""
+
+
+def _complete(argv: list[str]) -> None:
+    """Shell completion: Hydra's script calls `unetseg -sc query=bash` with the line in COMP_LINE."""
+    line = os.environ.get("COMP_LINE", "")
+    words = line.split()
+    if any(arg.startswith("query") for arg in argv) and len(words) >= 2 and words[1] in COMMANDS and (
+        len(words) > 2 or line.endswith(" ")
+    ):
+        command = words[1]
+        os.environ["COMP_LINE"] = line.replace(f" {command}", "", 1)
+        _dispatch(command, argv)
+    if any(arg.startswith("query") for arg in argv):
+        partial = words[1] if len(words) == 2 and not line.endswith(" ") else ""
+        print(" ".join(name for name in COMMANDS if name.startswith(partial)))
+        sys.exit(0)
+    _dispatch("train", argv)  # install/uninstall: any command's Hydra prints the same script
+
+
+def _dispatch(command: str, argv: list[str]) -> None:
+    module = importlib.import_module(f"unetseg.commands.{command}")
+    module.main(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(USAGE, end="")
+        return
+    if args[0] in ("-V", "--version"):
+        print(f"unetseg {__version__}")
+        return
+    if args[0] in ("-sc", "--shell-completion"):
+        _complete(args)
+        return
+    command, rest = args[0], args[1:]
+    if command not in COMMANDS:
+        print(
+            f"unetseg: error: unknown command '{command}': choose one of {', '.join(COMMANDS)} (see unetseg --help)",
+            file=sys.stderr,
+        )
+        sys.exit(2)
+    _dispatch(command, rest)

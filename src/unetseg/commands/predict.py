@@ -1,0 +1,88 @@
+"""`unetseg predict`: write a 0/255 PNG mask for every image in `input`, never into the input folder."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from unetseg.config import PredictConfig, check_predict, to_typed
+from unetseg.console import console, training_progress
+from unetseg.data.io import IMAGE_SUFFIXES, list_images, read_image, write_png_atomic
+from unetseg.engine.checkpoint import load_checkpoint
+from unetseg.engine.device import resolve_device
+from unetseg.engine.predictor import Predictor, newest_checkpoint
+from unetseg.errors import UserError
+from unetseg.paths import user_path
+from unetseg.runner import run_command
+
+
+def input_images(path: Path) -> tuple[list[Path], Path]:
+    """The images to predict and the folder they live in."""
+    if path.is_file():
+        if path.suffix.lower() not in IMAGE_SUFFIXES:
+            raise UserError(f"input {path} is not an image ({', '.join(IMAGE_SUFFIXES)})")
+        return [path], path.parent
+    if not path.is_dir():
+        raise UserError(f"input {path} does not exist: give an image file or a folder of images")
+    images = list_images(path)
+    if not images:
+        raise UserError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {path}: check input=")
+    return images, path
+
+
+def mask_paths(images: list[Path], input_dir: Path, output: Path, overwrite: bool) -> list[Path]:
+    """``output/<stem>.png`` for each image, refusing anything that would overwrite inputs or old masks."""
+    if output == input_dir or input_dir in output.parents:
+        raise UserError(
+            f"output {output} is inside the input folder {input_dir}: masks are never written among the "
+            "inputs; choose another output= (or leave it unset for a new run directory)"
+        )
+    targets: dict[Path, Path] = {}
+    for image in images:
+        target = output / f"{image.stem}.png"
+        if target in targets:
+            raise UserError(f"{targets[target].name} and {image.name} would both write {target.name}: rename one")
+        targets[target] = image
+    existing = [t for t in targets if t.exists()]
+    if existing and not overwrite:
+        raise UserError(
+            f"{len(existing)} mask(s) already exist in {output} (e.g. {existing[0].name}): "
+            "choose another output= or set overwrite=true"
+        )
+    return list(targets)
+
+
+def predict(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    typed: PredictConfig = to_typed(cfg)
+    check_predict(typed)
+    assert typed.input is not None
+    images, input_dir = input_images(user_path(typed.input))
+    output = user_path(typed.output) if typed.output else run_dir
+    targets = mask_paths(images, input_dir, output, typed.overwrite)
+
+    if typed.checkpoint:
+        checkpoint_path = user_path(typed.checkpoint)
+    else:
+        checkpoint_path = newest_checkpoint(user_path(typed.runs_root))
+        console.print(f"checkpoint not given: using the newest, {checkpoint_path}")
+    predictor = Predictor(load_checkpoint(checkpoint_path), resolve_device(typed.device), typed.threshold)
+
+    output.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    with training_progress() as progress:
+        task = progress.add_task("images", total=len(images), status="")
+        for image_path, target in zip(images, targets):
+            classes = predictor.predict(read_image(image_path, predictor.in_channels))
+            write_png_atomic(target, predictor.to_png_values(classes))
+            progress.update(task, advance=1, status=image_path.name)
+    seconds = time.perf_counter() - started
+    console.print(f"predicted {len(images)} image(s) in {seconds:.1f} s "
+                  f"({len(images) / max(seconds, 1e-9):.2f} images/s) → {output}")
+    return {"images": len(images), "seconds": seconds, "output": str(output)}
+
+
+def main(argv: list[str]) -> None:
+    run_command("predict", predict, argv)

@@ -1,0 +1,44 @@
+"""`unetseg train`: compose the config, train, and leave checkpoints and metrics in the run directory."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from unetseg.atomic import write_text_atomic
+from unetseg.config import TrainConfig, check_train, to_typed
+from unetseg.console import config_tree, console
+from unetseg.engine.trainer import Trainer
+from unetseg.runner import run_command
+
+
+def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    typed: TrainConfig = to_typed(cfg)
+    check_train(typed)
+    console.print(config_tree(OmegaConf.to_container(cfg, resolve=True), title="unetseg train"))  # type: ignore[arg-type]
+    console.print(f"run directory: {run_dir}")
+    result = Trainer(typed, run_dir).fit()
+    summary = {
+        "status": "completed",
+        "best_epoch": result.best_epoch,
+        "best": result.best,
+        "last": result.last,
+        "epochs": result.epochs,
+        "parameters": result.parameters,
+        "wall_time_s": result.wall_time_s,
+        "checkpoint_best": str(result.best_checkpoint),
+        "checkpoint_last": str(result.last_checkpoint),
+    }
+    write_text_atomic(run_dir / "metrics.json", json.dumps(summary, indent=2))
+    console.print(f"best checkpoint: {result.best_checkpoint} (epoch {result.best_epoch}, val Dice "
+                  f"{result.best['dice']:.4f})")
+    console.print(f"last checkpoint: {result.last_checkpoint}")
+    console.print(f"metrics: {run_dir / 'metrics.jsonl'} (per epoch), {run_dir / 'metrics.json'} (summary)")
+    return summary
+
+
+def main(argv: list[str]) -> None:
+    run_command("train", train, argv)

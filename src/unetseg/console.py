@@ -1,0 +1,76 @@
+"""Everything the user sees: the config tree, progress bars, metric tables and one-line errors."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+from rich.tree import Tree
+
+# Piped output (CI logs, tests) gets a wide fixed width so tables and paths are not wrapped at 80 columns.
+console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
+error_console = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 160)
+
+
+def print_error(command: str, message: str) -> None:
+    """The one line a user sees for bad input: what is wrong and how to fix it."""
+    error_console.print(f"[bold red]unetseg {command}: error:[/] {message}", soft_wrap=True, markup=True)
+
+
+def config_tree(config: Mapping[str, Any], title: str = "config") -> Tree:
+    tree = Tree(f"[bold]{title}[/]")
+
+    def add(node: Tree, value: Any) -> None:
+        for key, child in value.items():
+            if isinstance(child, Mapping):
+                add(node.add(f"[cyan]{key}[/]"), child)
+            else:
+                node.add(f"[cyan]{key}[/]: {escape(repr(child) if isinstance(child, str) else str(child))}")
+
+    add(tree, config)
+    return tree
+
+
+def training_progress() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=console,
+    )
+
+
+def metrics_table(title: str, rows: Sequence[tuple[str, Mapping[str, float]]], class_names: Sequence[str]) -> Table:
+    """One row per (label, metrics): loss, mean Dice/IoU, pixel accuracy, then Dice and IoU per class."""
+    table = Table(title=title, title_justify="left")
+    table.add_column("")
+    table.add_column("loss", justify="right")
+    table.add_column("Dice", justify="right")
+    table.add_column("IoU", justify="right")
+    table.add_column("pixel acc", justify="right")
+    for name in class_names:
+        table.add_column(f"Dice {name}", justify="right")
+        table.add_column(f"IoU {name}", justify="right")
+    for label, metrics in rows:
+        cells = [label, f"{metrics['val_loss']:.4f}", f"{metrics['dice']:.4f}", f"{metrics['iou']:.4f}",
+                 f"{metrics['pixel_accuracy']:.4f}"]
+        for name in class_names:
+            cells += [f"{metrics[f'dice_{name}']:.4f}", f"{metrics[f'iou_{name}']:.4f}"]
+        table.add_row(*cells)
+    return table

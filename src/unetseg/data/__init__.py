@@ -1,0 +1,1 @@
+"""Reading images and labels, pairing them, normalising, augmenting, and the synthetic generator."""

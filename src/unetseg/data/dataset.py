@@ -1,0 +1,145 @@
+"""Labelled datasets in memory: loading and validating every file up front, the train/validation split,
+and a torch Dataset that augments deterministically (same seed, epoch and index → same sample)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from unetseg.config import DataConfig, DataSource
+from unetseg.data.augment import flip_rotate
+from unetseg.data.io import list_images, read_image, read_label
+from unetseg.data.labels import encode_label
+from unetseg.data.normalize import PercentileNormalizer
+from unetseg.data.pairing import pair_by_stem
+from unetseg.data.synthetic import synthetic_pair
+from unetseg.errors import UserError
+from unetseg.paths import user_path
+
+
+@dataclass
+class LabelledImages:
+    """Normalised float32 images (C, H, W), uint8 class-id labels (H, W), and their names."""
+
+    images: list[np.ndarray]
+    labels: list[np.ndarray]
+    names: list[str]
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def split_last(self, count: int) -> tuple["LabelledImages", "LabelledImages"]:
+        """Hold out the last ``count`` items as one contiguous block (adjacent EM slices correlate)."""
+        cut = len(self) - count
+        head = LabelledImages(self.images[:cut], self.labels[:cut], self.names[:cut])
+        tail = LabelledImages(self.images[cut:], self.labels[cut:], self.names[cut:])
+        return head, tail
+
+    def has_uniform_size(self) -> bool:
+        return len({image.shape for image in self.images}) <= 1
+
+
+def _existing_folder(path: Path, what: str) -> Path:
+    if not path.is_dir():
+        raise UserError(f"{what} {path} does not exist or is not a folder: check the path")
+    return path
+
+
+def load_folder(
+    root: Path,
+    image_dir: str,
+    label_dir: str,
+    channels: int,
+    num_classes: int,
+    label_encoding: str,
+    normalizer: PercentileNormalizer,
+) -> LabelledImages:
+    """Read ``root/image_dir`` and ``root/label_dir``, paired by stem; every problem names its file."""
+    _existing_folder(root, "data folder")
+    image_folder = _existing_folder(root / image_dir, f"image folder (data.image_dir={image_dir})")
+    label_folder = _existing_folder(root / label_dir, f"label folder (data.label_dir={label_dir})")
+    image_files = list_images(image_folder)
+    if not image_files:
+        raise UserError(f"no images (png, tif, jpg, bmp) in {image_folder}: add images or fix data.root")
+    pairs = pair_by_stem(image_files, list_images(label_folder), label_folder)
+    images, labels = [], []
+    for image_path, label_path in pairs:
+        image = read_image(image_path, channels)
+        label = read_label(label_path)
+        if image.shape[1:] != label.shape:
+            raise UserError(
+                f"{image_path.name} is {image.shape[2]}×{image.shape[1]} but its label {label_path} is "
+                f"{label.shape[1]}×{label.shape[0]}: image and label must be the same size"
+            )
+        images.append(normalizer(image))
+        labels.append(encode_label(label, num_classes, label_encoding, label_path))
+    return LabelledImages(images, labels, [path.stem for path, _ in pairs])
+
+
+def synthetic_images(count: int, size: int, seed: int, normalizer: PercentileNormalizer) -> LabelledImages:
+    pairs = [synthetic_pair(seed, index, size) for index in range(count)]
+    return LabelledImages(
+        [normalizer(image[None]) for image, _ in pairs],
+        [label for _, label in pairs],
+        [f"synthetic_{seed}_{index:04d}" for index in range(count)],
+    )
+
+
+def load_splits(data: DataConfig, channels: int, num_classes: int) -> tuple[LabelledImages, LabelledImages]:
+    """The training and validation sets that ``data`` describes."""
+    normalizer = PercentileNormalizer(data.normalization.low_percentile, data.normalization.high_percentile)
+    if data.source == DataSource.synthetic:
+        if channels != 1:
+            raise UserError("data=synthetic makes grayscale images: use model.in_channels=1")
+        syn = data.synthetic
+        everything = synthetic_images(syn.num_images, syn.size, syn.seed, normalizer)
+    else:
+        assert data.root is not None  # check_train guarantees it
+
+        def load(root: str) -> LabelledImages:
+            return load_folder(
+                user_path(root), data.image_dir, data.label_dir, channels, num_classes,
+                data.label_encoding.value, normalizer,
+            )
+
+        everything = load(data.root)
+        if data.val_root is not None:
+            return everything, load(data.val_root)
+    val_count = max(1, round(len(everything) * data.val_fraction))
+    if len(everything) - val_count < 1:
+        raise UserError(
+            f"only {len(everything)} labelled image(s): need at least 2 to hold one out for validation, "
+            "or give a separate folder with data.val_root=..."
+        )
+    return everything.split_last(val_count)
+
+
+class SegmentationDataset(Dataset):
+    """Serves (image float32 (C, H, W), label int64 (H, W)) tensors, augmented when ``augment``."""
+
+    def __init__(
+        self, items: LabelledImages, seed: int, flip: bool = False, rotate90: bool = False
+    ) -> None:
+        self.items = items
+        self.seed = seed
+        self.flip = flip
+        self.rotate90 = rotate90
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Augmentation depends on (seed, epoch, index) only: the same with any number of workers."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image, label = self.items.images[index], self.items.labels[index]
+        if self.flip or self.rotate90:
+            rng = np.random.default_rng([self.seed, self.epoch, index])
+            image, label = flip_rotate(image, label, rng, self.flip, self.rotate90)
+        return torch.from_numpy(image), torch.from_numpy(label.astype(np.int64))

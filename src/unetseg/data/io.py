@@ -1,0 +1,81 @@
+"""Reading and writing image files with OpenCV: 8/16-bit, grayscale or colour, errors named by file."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from unetseg.atomic import atomic_open
+from unetseg.errors import UserError
+
+IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
+
+# OpenCV logs decoder warnings on stderr for corrupt files; we report those ourselves, in one line.
+cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+
+
+def natural_key(path: Path) -> list[object]:
+    """Sort key so that 2.png comes before 10.png."""
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", path.name)]
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Image files directly inside ``folder`` (not recursive), in natural order."""
+    files = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+    return sorted(files, key=natural_key)
+
+
+def _decode(path: Path, flags: int) -> np.ndarray:
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except OSError as error:
+        raise UserError(f"cannot read {path}: {error.strerror}; check the file's permissions") from None
+    image = cv2.imdecode(data, flags) if data.size else None
+    if image is None:
+        raise UserError(
+            f"cannot decode {path}: the file is empty, corrupt or not an image; replace or remove it"
+        )
+    return image
+
+
+def read_image(path: Path, channels: int) -> np.ndarray:
+    """Read an image as a (channels, H, W) array of its own dtype (uint8 or uint16 usually).
+
+    A colour file read for a 1-channel model is converted to gray; a gray file read for a 3-channel
+    model is replicated. Colour comes out RGB.
+    """
+    image = _decode(path, cv2.IMREAD_UNCHANGED)
+    if image.ndim == 3 and image.shape[2] == 4:
+        image = image[:, :, :3]
+    if channels == 1:
+        if image.ndim == 3:
+            image = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_BGR2GRAY)
+        return image[None]
+    if image.ndim == 2:
+        return np.repeat(image[None], 3, axis=0)
+    return np.ascontiguousarray(image[:, :, ::-1].transpose(2, 0, 1))
+
+
+def read_label(path: Path) -> np.ndarray:
+    """Read a label image as (H, W) integers; colour labels must be gray in all channels."""
+    label = _decode(path, cv2.IMREAD_UNCHANGED)
+    if label.ndim == 3:
+        first = label[:, :, 0]
+        if not all(np.array_equal(first, label[:, :, c]) for c in range(1, min(label.shape[2], 3))):
+            raise UserError(
+                f"label {path} is a colour image; save masks as single-channel images (gray values = classes)"
+            )
+        label = first
+    return label
+
+
+def write_png_atomic(path: Path, image: np.ndarray) -> None:
+    """Encode to PNG and move into place, so a crash never leaves a half-written mask."""
+    ok, encoded = cv2.imencode(".png", image)
+    if not ok:
+        raise RuntimeError(f"OpenCV could not encode {path.name}")
+    with atomic_open(path) as handle:
+        handle.write(encoded.tobytes())

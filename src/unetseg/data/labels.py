@@ -1,0 +1,40 @@
+"""Turning label images in any common encoding into class ids."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from unetseg.errors import UserError
+
+
+def encode_label(label: np.ndarray, num_classes: int, encoding: str, path: Path) -> np.ndarray:
+    """(H, W) label image → uint8 class ids.
+
+    Binary task (``num_classes`` 1 or 2): 0/255, 0/1, or any two values become {0, 1} with > 0 (or the
+    larger value) as foreground; an instance map (ids > 0 are objects) becomes object-vs-background.
+    More than two values is an error unless ``encoding`` is ``instance``, or the file is 16/32-bit in
+    ``auto`` mode (instance maps are usually stored that way). Several classes: values must be class ids.
+    """
+    values = np.unique(label)
+    if num_classes <= 2:
+        if encoding == "instance" or (encoding == "auto" and label.dtype.itemsize > 1 and values.size > 2):
+            return (label > 0).astype(np.uint8)
+        if values.size > 2:
+            shown = ", ".join(str(v) for v in values[:6]) + (", ..." if values.size > 6 else "")
+            raise UserError(
+                f"label {path} has {values.size} distinct values ({shown}) but the task is binary: "
+                "save it as 0/255, or set data.label_encoding=instance if it is an instance map"
+            )
+        if values.size == 2 and values[0] != 0:
+            return (label == values[1]).astype(np.uint8)
+        return (label > 0).astype(np.uint8)
+    if values.size == 2 and values[-1] == 255 and num_classes == 2:
+        return (label > 0).astype(np.uint8)
+    if values[-1] >= num_classes:
+        raise UserError(
+            f"label {path} contains value {values[-1]} but model.num_classes={num_classes}: labels must be "
+            f"class ids 0..{num_classes - 1} (or raise model.num_classes)"
+        )
+    return label.astype(np.uint8)

@@ -1,0 +1,1 @@
+"""Engines: the device, losses, metrics, checkpoints, the training loop and the predictor."""

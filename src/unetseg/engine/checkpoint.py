@@ -1,0 +1,77 @@
+"""Checkpoints: plain dicts of tensors and primitives, written atomically, loadable with weights_only=True.
+
+Everything predict needs travels in the file: the model spec, the input normalisation, the class names
+and the threshold. No pickled Python objects, so loading never runs code from the file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from unetseg.atomic import atomic_open
+from unetseg.data.normalize import PercentileNormalizer
+from unetseg.errors import UserError
+from unetseg.model import ModelSpec
+
+FORMAT = "unetseg-checkpoint"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class Checkpoint:
+    state_dict: dict[str, torch.Tensor]
+    model: ModelSpec
+    normalization: PercentileNormalizer
+    class_names: list[str]
+    threshold: float
+    epoch: int
+    metrics: dict[str, float]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "state_dict": self.state_dict,
+            "model": asdict(self.model),
+            "normalization": self.normalization.to_dict(),
+            "class_names": list(self.class_names),
+            "threshold": float(self.threshold),
+            "epoch": int(self.epoch),
+            "metrics": {key: float(value) for key, value in self.metrics.items()},
+        }
+
+
+def save_checkpoint(checkpoint: Checkpoint, path: Path) -> None:
+    """Write to a temporary file in the same folder, then rename: readers never see half a file."""
+    with atomic_open(path) as handle:
+        torch.save(checkpoint.to_dict(), handle)
+
+
+def load_checkpoint(path: Path) -> Checkpoint:
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} does not exist: give checkpoint=path/to/best.pt")
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # torch raises many types for foreign files; all mean the same to the user
+        raw = None
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+        raise UserError(
+            f"{path} is not a unetseg checkpoint: use a best.pt or last.pt from a unetseg train run"
+        )
+    if raw.get("format_version") != FORMAT_VERSION:
+        raise UserError(
+            f"{path} has checkpoint format {raw.get('format_version')}, this unetseg reads {FORMAT_VERSION}"
+        )
+    return Checkpoint(
+        state_dict=raw["state_dict"],
+        model=ModelSpec(**raw["model"]),
+        normalization=PercentileNormalizer.from_dict(raw["normalization"]),
+        class_names=list(raw["class_names"]),
+        threshold=float(raw["threshold"]),
+        epoch=int(raw["epoch"]),
+        metrics=dict(raw["metrics"]),
+    )

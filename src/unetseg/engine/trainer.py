@@ -1,0 +1,186 @@
+"""The training loop: one place that reads as a story — data, model, optimiser, epochs, checkpoints."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from unetseg.config import LossName, TrainConfig
+from unetseg.console import console, metrics_table, training_progress
+from unetseg.data.dataset import LabelledImages, SegmentationDataset, load_splits
+from unetseg.data.normalize import PercentileNormalizer
+from unetseg.engine.checkpoint import Checkpoint, save_checkpoint
+from unetseg.engine.device import resolve_device
+from unetseg.engine.losses import compute_loss
+from unetseg.engine.metrics import ConfusionMatrix, predict_classes
+from unetseg.engine.optim import build_optimizer
+from unetseg.errors import UserError
+from unetseg.model import ModelSpec, UNet, count_parameters
+
+
+@dataclass
+class TrainResult:
+    best_epoch: int
+    best: dict[str, float]
+    last: dict[str, float]
+    epochs: int
+    parameters: int
+    wall_time_s: float
+    best_checkpoint: Path
+    last_checkpoint: Path
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def evaluate(
+    model: UNet, items: LabelledImages, loss_name: LossName, threshold: float, class_names: list[str],
+    device: torch.device,
+) -> dict[str, float]:
+    """Validation loss and metrics over every image (one at a time, so any size works)."""
+    model.eval()
+    confusion = ConfusionMatrix(max(2, model.outc.out_channels))
+    total_loss = torch.zeros((), device=device)
+    with torch.inference_mode():
+        for image, label in zip(items.images, items.labels):
+            x = torch.from_numpy(image)[None].to(device)
+            y = torch.from_numpy(label.astype(np.int64))[None].to(device)
+            logits = model(x)
+            total_loss += compute_loss(loss_name, logits, y)
+            confusion.update(predict_classes(logits, threshold), y)
+    return {"val_loss": (total_loss / len(items)).item(), **confusion.scores(class_names)}
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, run_dir: Path) -> None:
+        self.cfg = cfg
+        self.run_dir = run_dir
+        self.checkpoint_dir = run_dir / "checkpoints"
+        self.metrics_path = run_dir / "metrics.jsonl"
+        self.device = resolve_device(cfg.trainer.device)
+        self.spec = ModelSpec(
+            upsampling=cfg.model.upsampling.value,
+            in_channels=cfg.model.in_channels,
+            num_classes=cfg.model.num_classes,
+            base_channels=cfg.model.base_channels,
+            depth=cfg.model.depth,
+        )
+        self.normalizer = PercentileNormalizer(
+            cfg.data.normalization.low_percentile, cfg.data.normalization.high_percentile
+        )
+        self.class_names = list(cfg.data.class_names)
+
+    def _loader(self, train: LabelledImages) -> DataLoader:
+        t, aug = self.cfg.trainer, self.cfg.data.augment
+        if t.batch_size > 1 and not train.has_uniform_size():
+            raise UserError(
+                "training images have different sizes, so they cannot be batched: use trainer.batch_size=1"
+            )
+        dataset = SegmentationDataset(train, seed=t.seed, flip=aug.flip, rotate90=aug.rotate90)
+        return DataLoader(
+            dataset,
+            batch_size=t.batch_size,
+            shuffle=True,
+            num_workers=t.workers,
+            generator=torch.Generator().manual_seed(t.seed),
+            pin_memory=self.device.type == "cuda",
+            drop_last=len(dataset) > t.batch_size,  # a batch of 1 breaks BatchNorm statistics
+        )
+
+    def _checkpoint(self, model: UNet, epoch: int, metrics: dict[str, float]) -> Checkpoint:
+        return Checkpoint(
+            state_dict={k: v.detach().cpu() for k, v in model.state_dict().items()},
+            model=self.spec,
+            normalization=self.normalizer,
+            class_names=self.class_names,
+            threshold=self.cfg.trainer.threshold,
+            epoch=epoch,
+            metrics=metrics,
+        )
+
+    def fit(self) -> TrainResult:
+        cfg, t = self.cfg, self.cfg.trainer
+        started = time.perf_counter()
+        seed_everything(t.seed)
+        train_items, val_items = load_splits(cfg.data, cfg.model.in_channels, cfg.model.num_classes)
+        loader = self._loader(train_items)
+        model = self.spec.build().to(self.device)
+        parameters = count_parameters(model)
+        optimizer = build_optimizer(model.parameters(), cfg.optim)
+        console.print(
+            f"[bold]data[/]: {len(train_items)} training, {len(val_items)} validation images · "
+            f"[bold]model[/]: U-Net {self.spec.upsampling}, {parameters:,} parameters · "
+            f"[bold]device[/]: {self.device}"
+        )
+
+        best: dict[str, float] = {}
+        best_epoch = 0
+        last: dict[str, float] = {}
+        with training_progress() as progress:
+            epochs_task = progress.add_task("epochs", total=t.epochs, status="")
+            batches_task = progress.add_task("batches", total=len(loader), status="")
+            for epoch in range(1, t.epochs + 1):
+                epoch_started = time.perf_counter()
+                loader.dataset.set_epoch(epoch)  # type: ignore[attr-defined]
+                progress.reset(batches_task, total=len(loader), status="")
+                train_loss = self._train_epoch(model, optimizer, loader, progress, batches_task)
+                last = {"train_loss": train_loss, **evaluate(
+                    model, val_items, t.loss, t.threshold, self.class_names, self.device
+                )}
+                improved = not best or last["dice"] > best["dice"]
+                if improved:
+                    best, best_epoch = last, epoch
+                    save_checkpoint(self._checkpoint(model, epoch, last), self.checkpoint_dir / "best.pt")
+                save_checkpoint(self._checkpoint(model, epoch, last), self.checkpoint_dir / "last.pt")
+                self._append_metrics(epoch, last, time.perf_counter() - epoch_started, improved)
+                status = f"val Dice {last['dice']:.4f} (best {best['dice']:.4f} @ {best_epoch})"
+                progress.update(epochs_task, advance=1, status=status)
+                progress.console.print(
+                    f"epoch {epoch}/{t.epochs} · train loss {train_loss:.4f} · val loss {last['val_loss']:.4f} · "
+                    + " · ".join(f"Dice {n} {last[f'dice_{n}']:.4f}" for n in self.class_names)
+                    + (" · [green]best[/]" if improved else "")
+                )
+        console.print(metrics_table(
+            "validation metrics", [(f"best (epoch {best_epoch})", best), (f"last (epoch {t.epochs})", last)],
+            self.class_names,
+        ))
+        return TrainResult(
+            best_epoch=best_epoch, best=best, last=last, epochs=t.epochs, parameters=parameters,
+            wall_time_s=time.perf_counter() - started,
+            best_checkpoint=self.checkpoint_dir / "best.pt", last_checkpoint=self.checkpoint_dir / "last.pt",
+        )
+
+    def _train_epoch(
+        self, model: UNet, optimizer: torch.optim.Optimizer, loader: DataLoader, progress: Any, task: Any
+    ) -> float:
+        model.train()
+        loss_sum = torch.zeros((), device=self.device)
+        for step, (images, labels) in enumerate(loader, start=1):
+            images = images.to(self.device, non_blocking=True)
+            labels = labels.to(self.device, non_blocking=True)
+            loss = compute_loss(self.cfg.trainer.loss, model(images), labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.detach()
+            # Reading the loss synchronises with the device: only every 10 steps, for the progress bar.
+            status = f"loss {loss_sum.item() / step:.4f}" if step % 10 == 0 or step == len(loader) else None
+            progress.update(task, advance=1, **({"status": status} if status else {}))
+        return loss_sum.item() / max(1, len(loader))
+
+    def _append_metrics(self, epoch: int, metrics: dict[str, float], seconds: float, best: bool) -> None:
+        record = {"epoch": epoch, **{k: round(v, 6) for k, v in metrics.items()},
+                  "epoch_time_s": round(seconds, 3), "best": best}
+        with self.metrics_path.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")

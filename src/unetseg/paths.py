@@ -1,0 +1,48 @@
+"""Where configs live, how user paths resolve, and how run directories are named."""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+_PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def config_dir() -> str:
+    """The conf/ folder: the checkout's in a source or editable install, else the one in the wheel.
+
+    The wheel carries conf/ as ``unetseg/conf`` (hatchling force-include). An editable install keeps
+    importing from ``src/``, where ``../../conf`` is the checkout's conf/, so edits there take effect.
+    """
+    checkout = _PACKAGE_DIR.parent.parent / "conf"
+    if (checkout / "train.yaml").is_file():
+        return str(checkout)
+    return str(_PACKAGE_DIR / "conf")
+
+
+def user_path(path: str | os.PathLike[str]) -> Path:
+    """A path from the command line, resolved against the directory the command was run from.
+
+    hydra.job.chdir is false, so the process never leaves that directory; resolving here makes the
+    absolute path explicit in logs, checkpoints and error messages.
+    """
+    return Path(os.path.expanduser(os.fspath(path))).resolve()
+
+
+_STAMP: str | None = None
+
+
+def run_stamp() -> str:
+    """Time to the second plus the process id: two runs started in the same second never collide."""
+    global _STAMP
+    if _STAMP is None:
+        _STAMP = f"{datetime.now():%Y-%m-%d_%H-%M-%S}_{os.getpid()}"
+    return _STAMP
+
+
+def register_resolvers() -> None:
+    if not OmegaConf.has_resolver("unetseg_stamp"):
+        OmegaConf.register_new_resolver("unetseg_stamp", run_stamp)

@@ -1,0 +1,164 @@
+"""Running one command: check the config before Hydra makes any folder, then hand over to Hydra.
+
+Hydra prints composition errors over several lines; unetseg composes the config once up front with
+Hydra's own compose API so that a typo, a wrong type, an unknown option or an out-of-range value
+becomes one line that names the key and the fix, with exit code 2 and no run directory made.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import json
+import re
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NoReturn
+
+import hydra
+from hydra import compose, initialize_config_dir
+from hydra._internal.utils import get_args_parser
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException, MissingConfigException
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+
+from unetseg import sweep
+from unetseg.atomic import write_text_atomic
+from unetseg.config import CHECKS, register_schemas, to_typed
+from unetseg.console import print_error
+from unetseg.errors import EXIT_USER_ERROR, UserError
+from unetseg.paths import config_dir, register_resolvers
+
+Task = Callable[[DictConfig, Path], dict[str, Any] | None]
+
+
+def _override_variants(overrides: list[str]) -> list[list[str]]:
+    """Non-Hydra overrides to check: each sweep value once, others at their first value."""
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    plain = [o for o in parsed if not o.get_key_element().lstrip("~+").startswith("hydra")]
+
+    def first(o: Any) -> str:
+        if o.is_sweep_override():
+            return next(iter(o.sweep_string_iterator()), o.input_line or "")
+        return o.input_line or ""
+
+    base = [first(o) for o in plain]
+    variants = [base]
+    for index, override in enumerate(plain):
+        if override.is_sweep_override():
+            try:
+                values = list(override.sweep_string_iterator())
+            except Exception:  # glob() sweeps need the option list; Hydra checks those itself
+                continue
+            for value in values[1:]:
+                variants.append(base[:index] + [value] + base[index + 1 :])
+    return variants
+
+
+def _keys_under(cfg: DictConfig | None, key: str) -> list[str]:
+    parent, _, _ = key.rpartition(".")
+    node = OmegaConf.select(cfg, parent) if (cfg is not None and parent) else cfg
+    if not isinstance(node, DictConfig):
+        return []
+    return [f"{parent}.{k}" if parent else str(k) for k in node.keys()]
+
+
+def describe_config_error(error: Exception, base_cfg: DictConfig | None) -> str:
+    """One line for a composition error: the key or option at fault, and what to write instead."""
+    if isinstance(error, MissingConfigException) and error.options:
+        match = re.search(r"Could not find '([^']+)'", str(error))
+        missing = match.group(1) if match else str(error.missing_cfg_file)
+        group, _, option = missing.rpartition("/")
+        close = difflib.get_close_matches(option, error.options, n=1)
+        hint = f"did you mean {group}={close[0]}? " if close else ""
+        return f"{group}={option}: no such option; {hint}choose one of: {', '.join(sorted(error.options))}"
+    cause = error.__cause__ if isinstance(error.__cause__, OmegaConfBaseException) else error
+    if isinstance(cause, ConfigKeyError) or "Key '" in str(error) and "not in struct" in str(error):
+        key_match = re.search(r"Could not (?:override|append to config) '([^']+)'", str(error))
+        full_key = key_match.group(1) if key_match else getattr(cause, "full_key", "")
+        candidates = _keys_under(base_cfg, full_key)
+        close = difflib.get_close_matches(full_key, candidates, n=1)
+        hint = f"did you mean {close[0]}? " if close else ""
+        known = f"keys there: {', '.join(sorted(candidates))}" if candidates else "see: unetseg <command> --cfg job"
+        return f"{full_key}: no such key; {hint}{known}"
+    if isinstance(cause, ValidationError):
+        full_key = getattr(cause, "full_key", "") or ""
+        message = str(cause).splitlines()[0]
+        return f"{full_key}: {message}" if full_key else message
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if lines and lines[0].startswith("Ambiguous value for argument"):
+        return lines[0].rstrip(".") + ": add -m to sweep over the values, or quote a list as key=[a,b]"
+    return " ".join(lines[:2]) if lines else type(error).__name__
+
+
+def preflight(command: str, overrides: list[str]) -> None:
+    """Compose and check every variant of the overrides; raise UserError on the first problem."""
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3", job_name=command):
+        try:
+            variants = _override_variants(overrides)
+        except HydraException as error:
+            raise UserError(" ".join(str(error).split())) from None
+        base_cfg = compose(command)
+        for variant in variants:
+            try:
+                cfg = compose(command, overrides=variant)
+                typed = to_typed(cfg)
+            except (HydraException, OmegaConfBaseException) as error:
+                raise UserError(describe_config_error(error, base_cfg)) from None
+            CHECKS[command](typed)
+
+
+def guarded(command: str, task: Task) -> Callable[[DictConfig], dict[str, Any] | None]:
+    """Wrap a command's task: bad input prints one line and exits 2; in a sweep, a failing job is
+    recorded in its metrics.json (status failed) and the sweep goes on."""
+
+    @functools.wraps(task)
+    def run(cfg: DictConfig) -> dict[str, Any] | None:
+        hydra_cfg = HydraConfig.get()
+        run_dir = Path(hydra_cfg.runtime.output_dir)
+        in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
+        try:
+            return task(cfg, run_dir)
+        except UserError as error:
+            print_error(command, str(error))
+            if not in_sweep:
+                sys.exit(EXIT_USER_ERROR)
+            _record_failure(run_dir, str(error))
+        except Exception as error:
+            if not in_sweep:
+                raise
+            (run_dir / "error.log").write_text(traceback.format_exc(), encoding="utf-8")
+            message = f"{type(error).__name__}: {error} (traceback in {run_dir / 'error.log'})"
+            print_error(command, message)
+            _record_failure(run_dir, message)
+        return None
+
+    return run
+
+
+def _record_failure(run_dir: Path, message: str) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(run_dir / "metrics.json", json.dumps({"status": "failed", "error": message}, indent=2))
+
+
+def run_command(command: str, task: Task, argv: list[str]) -> NoReturn:
+    """Parse Hydra's flags, check the config, run the command under Hydra, and exit with its status."""
+    register_resolvers()
+    register_schemas()
+    args = get_args_parser().parse_args(argv)
+    asks_hydra = args.help or args.hydra_help or args.shell_completion or args.info or args.cfg
+    if not asks_hydra:
+        try:
+            preflight(command, args.overrides)
+        except UserError as error:
+            print_error(command, str(error))
+            sys.exit(EXIT_USER_ERROR)
+    sys.argv = [sys.argv[0], *argv]
+    sweep.reset()
+    hydra.main(config_path=config_dir(), config_name=command, version_base="1.3")(guarded(command, task))()
+    sys.exit(1 if sweep.failed_jobs() else 0)
