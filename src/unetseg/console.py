@@ -26,7 +26,7 @@ error_console = Console(stderr=True, highlight=False, width=None if sys.stderr.i
 
 def print_error(command: str, message: str) -> None:
     """The one line a user sees for bad input: what is wrong and how to fix it."""
-    error_console.print(f"[bold red]unetseg {command}: error:[/] {message}", soft_wrap=True, markup=True)
+    error_console.print(f"[bold red]unetseg {command}: error:[/] {escape(message)}", soft_wrap=True)
 
 
 def config_tree(config: Mapping[str, Any], title: str = "config") -> Tree:

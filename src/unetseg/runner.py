@@ -25,7 +25,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException, MissingConfigException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from unetseg import sweep
 from unetseg.atomic import write_text_atomic
@@ -37,26 +37,28 @@ from unetseg.paths import config_dir, register_resolvers
 Task = Callable[[DictConfig, Path], dict[str, Any] | None]
 
 
-def _override_variants(overrides: list[str]) -> list[list[str]]:
-    """Non-Hydra overrides to check: each sweep value once, others at their first value."""
+def _override_variants(command: str, overrides: list[str], multirun: bool) -> list[list[str]]:
+    """The override lists to check: each sweep value once, the other overrides at their first value."""
     parsed = OverridesParser.create().parse_overrides(overrides)
-    plain = [o for o in parsed if not o.get_key_element().lstrip("~+").startswith("hydra")]
+    sweeps = [o for o in parsed if o.is_sweep_override()]
+    if sweeps and not multirun:
+        line = sweeps[0].input_line
+        raise UserError(f"{line} is a sweep: add -m to run one job per value (unetseg {command} -m {line})")
 
-    def first(o: Any) -> str:
-        if o.is_sweep_override():
-            return next(iter(o.sweep_string_iterator()), o.input_line or "")
-        return o.input_line or ""
+    def with_value(o: Any, value: str) -> str:
+        return f"{o.get_key_element()}={value}"
 
-    base = [first(o) for o in plain]
-    variants = [base]
-    for index, override in enumerate(plain):
-        if override.is_sweep_override():
-            try:
-                values = list(override.sweep_string_iterator())
-            except Exception:  # glob() sweeps need the option list; Hydra checks those itself
-                continue
-            for value in values[1:]:
-                variants.append(base[:index] + [value] + base[index + 1 :])
+    def values(o: Any) -> list[str]:
+        try:
+            return [with_value(o, v) for v in o.sweep_string_iterator()]
+        except Exception:  # glob() sweeps need the option list; Hydra checks those itself
+            return []
+
+    base = [(values(o) or [""])[0] if o.is_sweep_override() else (o.input_line or "") for o in parsed]
+    variants = [[v for v in base if v]]
+    for index, override in enumerate(parsed):
+        for value in values(override)[1:] if override.is_sweep_override() else []:
+            variants.append([v for v in base[:index] + [value] + base[index + 1 :] if v])
     return variants
 
 
@@ -68,7 +70,7 @@ def _keys_under(cfg: DictConfig | None, key: str) -> list[str]:
     return [f"{parent}.{k}" if parent else str(k) for k in node.keys()]
 
 
-def describe_config_error(error: Exception, base_cfg: DictConfig | None) -> str:
+def describe_config_error(command: str, error: Exception, base_cfg: DictConfig | None) -> str:
     """One line for a composition error: the key or option at fault, and what to write instead."""
     if isinstance(error, MissingConfigException) and error.options:
         match = re.search(r"Could not find '([^']+)'", str(error))
@@ -78,9 +80,9 @@ def describe_config_error(error: Exception, base_cfg: DictConfig | None) -> str:
         hint = f"did you mean {group}={close[0]}? " if close else ""
         return f"{group}={option}: no such option; {hint}choose one of: {', '.join(sorted(error.options))}"
     cause = error.__cause__ if isinstance(error.__cause__, OmegaConfBaseException) else error
-    if isinstance(cause, ConfigKeyError) or "Key '" in str(error) and "not in struct" in str(error):
-        key_match = re.search(r"Could not (?:override|append to config) '([^']+)'", str(error))
-        full_key = key_match.group(1) if key_match else getattr(cause, "full_key", "")
+    key_match = re.search(r"Could not override '([^']+)'", str(error))
+    if key_match or isinstance(cause, (ConfigKeyError, ConfigAttributeError)):
+        full_key = key_match.group(1) if key_match else str(getattr(cause, "full_key", "") or "")
         candidates = _keys_under(base_cfg, full_key)
         close = difflib.get_close_matches(full_key, candidates, n=1)
         hint = f"did you mean {close[0]}? " if close else ""
@@ -89,6 +91,8 @@ def describe_config_error(error: Exception, base_cfg: DictConfig | None) -> str:
     if isinstance(cause, ValidationError):
         full_key = getattr(cause, "full_key", "") or ""
         message = str(cause).splitlines()[0]
+        if "could not be converted to" in message or "Invalid value" in message:
+            message += f"; see the expected types with: unetseg {command} --cfg job"
         return f"{full_key}: {message}" if full_key else message
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     if lines and lines[0].startswith("Ambiguous value for argument"):
@@ -96,11 +100,20 @@ def describe_config_error(error: Exception, base_cfg: DictConfig | None) -> str:
     return " ".join(lines[:2]) if lines else type(error).__name__
 
 
-def preflight(command: str, overrides: list[str]) -> None:
+def _dotted_keys(cfg: DictConfig, prefix: str = "") -> set[str]:
+    keys: set[str] = set()
+    for key, value in cfg.items_ex(resolve=False):
+        keys.add(f"{prefix}{key}")
+        if isinstance(value, DictConfig):
+            keys |= _dotted_keys(value, f"{prefix}{key}.")
+    return keys
+
+
+def preflight(command: str, overrides: list[str], multirun: bool) -> None:
     """Compose and check every variant of the overrides; raise UserError on the first problem."""
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3", job_name=command):
         try:
-            variants = _override_variants(overrides)
+            variants = _override_variants(command, overrides, multirun)
         except HydraException as error:
             raise UserError(" ".join(str(error).split())) from None
         base_cfg = compose(command)
@@ -109,7 +122,10 @@ def preflight(command: str, overrides: list[str]) -> None:
                 cfg = compose(command, overrides=variant)
                 typed = to_typed(cfg)
             except (HydraException, OmegaConfBaseException) as error:
-                raise UserError(describe_config_error(error, base_cfg)) from None
+                raise UserError(describe_config_error(command, error, base_cfg)) from None
+            extra = sorted(_dotted_keys(cfg) - _dotted_keys(OmegaConf.structured(typed)))
+            if extra:
+                raise UserError(f"{extra[0]}: no such key in the schema; see the valid keys with unetseg {command} --cfg job")
             CHECKS[command](typed)
 
 
@@ -154,7 +170,7 @@ def run_command(command: str, task: Task, argv: list[str]) -> NoReturn:
     asks_hydra = args.help or args.hydra_help or args.shell_completion or args.info or args.cfg
     if not asks_hydra:
         try:
-            preflight(command, args.overrides)
+            preflight(command, args.overrides, args.multirun)
         except UserError as error:
             print_error(command, str(error))
             sys.exit(EXIT_USER_ERROR)

@@ -21,7 +21,7 @@ from unetseg.atomic import write_text_atomic
 from unetseg.console import console
 
 COLUMNS = ["job", "overrides", "status", "best_dice", "best_iou", "best_epoch", "epochs", "parameters",
-           "wall_time_s", "run_dir"]
+           "wall_time_s", "error", "run_dir"]
 
 _failed = 0
 
@@ -42,9 +42,10 @@ def _job_row(job_dir: Path) -> dict[str, Any]:
                            "run_dir": str(job_dir)}
     metrics_file = job_dir / "metrics.json"
     if not metrics_file.is_file():
-        return {**row, "status": "missing"}
+        return {**row, "status": "missing", "error": "no metrics.json: the job did not finish"}
     summary = json.loads(metrics_file.read_text(encoding="utf-8"))
     row["status"] = summary.get("status", "unknown")
+    row["error"] = summary.get("error", "")
     if row["status"] == "completed":
         row.update(
             best_dice=round(summary["best"]["dice"], 4), best_iou=round(summary["best"]["iou"], 4),

@@ -18,7 +18,7 @@ from unetseg.runner import run_command
 def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     typed: TrainConfig = to_typed(cfg)
     check_train(typed)
-    console.print(config_tree(OmegaConf.to_container(cfg, resolve=True), title="unetseg train"))  # type: ignore[arg-type]
+    console.print(config_tree(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True), title="unetseg train"))  # type: ignore[arg-type]
     console.print(f"run directory: {run_dir}")
     result = Trainer(typed, run_dir).fit()
     summary = {

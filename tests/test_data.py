@@ -1,0 +1,165 @@
+"""Reading, pairing, normalisation, label encodings, augmentation and the synthetic generator."""
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from unetseg.data.augment import flip_rotate
+from unetseg.data.dataset import load_folder
+from unetseg.data.io import list_images, read_image, read_label
+from unetseg.data.labels import encode_label
+from unetseg.data.normalize import PercentileNormalizer
+from unetseg.data.pairing import pair_by_stem
+from unetseg.data.synthetic import synthetic_pair
+from unetseg.errors import UserError
+
+NORMALIZER = PercentileNormalizer(0.5, 99.5)
+
+
+def touch(folder: Path, *names: str) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / name for name in names]
+    for path in paths:
+        path.write_bytes(b"")
+    return paths
+
+
+def test_natural_order(tmp_path: Path) -> None:
+    touch(tmp_path, "10.png", "2.png", "1.tif", "notes.txt")
+    assert [p.name for p in list_images(tmp_path)] == ["1.tif", "2.png", "10.png"]
+
+
+def test_pairs_by_stem_across_extensions(tmp_path: Path) -> None:
+    images = touch(tmp_path / "image", "a.png", "b.tif")
+    labels = touch(tmp_path / "label", "b.png", "a.bmp")
+    pairs = pair_by_stem(images, labels, tmp_path / "label")
+    assert [(i.name, lab.name) for i, lab in pairs] == [("a.png", "a.bmp"), ("b.tif", "b.png")]
+
+
+def test_pairing_names_unmatched_files(tmp_path: Path) -> None:
+    images = touch(tmp_path / "image", "a.png", "img_b.png")
+    labels = touch(tmp_path / "label", "a.png", "mask_c.png")
+    with pytest.raises(UserError, match=r"images without a label.*img_b\.png.*labels without an image: mask_c\.png"):
+        pair_by_stem(images, labels, tmp_path / "label")
+
+
+def test_pairing_rejects_two_files_with_one_stem(tmp_path: Path) -> None:
+    images = touch(tmp_path / "image", "a.png", "a.tif")
+    with pytest.raises(UserError, match="share the stem 'a'"):
+        pair_by_stem(images, [], tmp_path / "label")
+
+
+def test_reads_8_and_16_bit_gray_and_colour(tmp_path: Path) -> None:
+    gray16 = (np.arange(20 * 30, dtype=np.uint16).reshape(20, 30) * 7)
+    cv2.imwrite(str(tmp_path / "g16.png"), gray16)
+    colour = np.zeros((20, 30, 3), np.uint8)
+    colour[..., 2] = 200  # red in OpenCV's BGR order
+    cv2.imwrite(str(tmp_path / "c.png"), colour)
+    image = read_image(tmp_path / "g16.png", channels=1)
+    assert image.dtype == np.uint16 and image.shape == (1, 20, 30)
+    assert np.array_equal(image[0], gray16)
+    rgb = read_image(tmp_path / "c.png", channels=3)
+    assert rgb.shape == (3, 20, 30) and rgb[0].max() == 200 and rgb[2].max() == 0
+    assert read_image(tmp_path / "c.png", channels=1).shape == (1, 20, 30)
+    assert read_image(tmp_path / "g16.png", channels=3).shape == (3, 20, 30)
+
+
+def test_corrupt_image_is_named(tmp_path: Path) -> None:
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    with pytest.raises(UserError, match="broken.png"):
+        read_image(tmp_path / "broken.png", channels=1)
+
+
+def test_normalises_8_bit_to_unit_range() -> None:
+    image = np.linspace(0, 255, 1000).astype(np.uint8).reshape(1, 10, 100)
+    out = NORMALIZER(image)
+    assert out.dtype == np.float32 and out.min() == 0.0 and out.max() == 1.0
+
+
+def test_normalises_16_bit_that_uses_a_small_part_of_its_range() -> None:
+    """A 16-bit image with values 1000..1400 must not come out nearly black (as /65535 would)."""
+    image = np.random.default_rng(0).integers(1000, 1400, size=(1, 64, 64)).astype(np.uint16)
+    out = NORMALIZER(image)
+    assert out.min() == 0.0 and out.max() == 1.0
+    assert 0.4 < out.mean() < 0.6
+    assert (image.astype(np.float32) / 65535).max() < 0.03  # what dtype scaling would have given
+
+
+def test_constant_image_normalises_to_zeros() -> None:
+    assert not NORMALIZER(np.full((1, 8, 8), 77, np.uint8)).any()
+
+
+def test_normalizer_round_trips_through_a_dict() -> None:
+    assert PercentileNormalizer.from_dict(NORMALIZER.to_dict()) == NORMALIZER
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [np.array([[0, 255], [255, 0]], np.uint8), np.array([[0, 1], [1, 0]], np.uint8),
+     np.array([[0, 7], [9, 0]], np.uint16)],  # 0/255, 0/1, a 16-bit instance map
+)
+def test_binary_label_encodings(raw: np.ndarray) -> None:
+    assert encode_label(raw, 1, "auto", Path("x.png")).tolist() == [[0, 1], [1, 0]]
+
+
+def test_all_foreground_and_all_background_labels() -> None:
+    assert encode_label(np.full((2, 2), 255, np.uint8), 1, "auto", Path("x")).min() == 1
+    assert encode_label(np.zeros((2, 2), np.uint8), 1, "auto", Path("x")).max() == 0
+
+
+def test_8_bit_instance_map_needs_the_instance_setting() -> None:
+    raw = np.array([[0, 1, 2], [3, 0, 4]], np.uint8)
+    with pytest.raises(UserError, match=r"5 distinct values.*label_encoding=instance"):
+        encode_label(raw, 1, "auto", Path("inst.png"))
+    assert encode_label(raw, 1, "instance", Path("inst.png")).tolist() == [[0, 1, 1], [1, 0, 1]]
+
+
+def test_multiclass_labels_must_be_class_ids() -> None:
+    raw = np.array([[0, 1], [2, 0]], np.uint8)
+    assert encode_label(raw, 3, "auto", Path("x")).tolist() == raw.tolist()
+    with pytest.raises(UserError, match="value 255 but model.num_classes=3"):
+        encode_label(np.array([[0, 255]], np.uint8), 3, "auto", Path("x"))
+
+
+def test_colour_label_with_identical_channels_is_accepted(tmp_path: Path) -> None:
+    cv2.imwrite(str(tmp_path / "l.png"), np.dstack([np.eye(4, dtype=np.uint8) * 255] * 3))
+    assert read_label(tmp_path / "l.png").shape == (4, 4)
+
+
+@pytest.mark.parametrize("shape", [(32, 32), (24, 40)])
+def test_augmentation_moves_image_and_label_together(shape: tuple[int, int]) -> None:
+    rng = np.random.default_rng(1)
+    label = (rng.random(shape) > 0.5).astype(np.uint8)
+    image = np.stack([label * 0.5 + 0.25, label * 0.25]).astype(np.float32)  # channels encode the label
+    seen = set()
+    for _ in range(40):
+        aug_image, aug_label = flip_rotate(image, label, rng, flip=True, rotate90=True)
+        assert aug_image.shape[0] == 2 and aug_image.shape[1:] == aug_label.shape
+        assert np.array_equal(aug_image[0], aug_label * 0.5 + 0.25)
+        assert np.array_equal(aug_image[1], aug_label * 0.25)
+        assert aug_image.flags.c_contiguous
+        seen.add(aug_label.tobytes())
+    assert len(seen) > 2  # it really transforms
+    if shape[0] != shape[1]:
+        assert all(len(s) == label.size for s in seen)
+
+
+def test_synthetic_data_is_deterministic_and_em_like() -> None:
+    image, label = synthetic_pair(0, 3, 96)
+    again_image, again_label = synthetic_pair(0, 3, 96)
+    assert np.array_equal(image, again_image) and np.array_equal(label, again_label)
+    assert not np.array_equal(image, synthetic_pair(1, 3, 96)[0])
+    assert set(np.unique(label)) == {0, 1}
+    assert 0.6 < label.mean() < 0.95  # mostly cell interior, like ISBI's ~78%
+    assert image[label == 0].mean() < image[label == 1].mean() - 30  # membranes are dark
+
+
+def test_load_folder_rejects_size_mismatch(tmp_path: Path) -> None:
+    (tmp_path / "image").mkdir()
+    (tmp_path / "label").mkdir()
+    cv2.imwrite(str(tmp_path / "image" / "a.png"), np.zeros((10, 12), np.uint8))
+    cv2.imwrite(str(tmp_path / "label" / "a.png"), np.zeros((10, 10), np.uint8))
+    with pytest.raises(UserError, match=r"a.png is 12×10 but its label .* is 10×10"):
+        load_folder(tmp_path, "image", "label", 1, 1, "auto", NORMALIZER)
