@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import cv2
-import numpy as np
 import pytest
 
 from unetseg.data.synthetic import synthetic_pair
@@ -20,11 +19,16 @@ ISBI_TRAIN = Path(os.environ.get("UNETSEG_ISBI_ROOT", REPO.parent / "shared" / "
 TINY = ["model.base_channels=4", "model.depth=2", "trainer.epochs=1", "trainer.batch_size=2"]
 
 
-def run_cli(*args: str, cwd: Path, timeout: float = 300, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str, cwd: Path, timeout: float = 300, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     """``python -m unetseg ARGS`` in ``cwd``, output captured as text."""
     return subprocess.run(
         [sys.executable, "-m", "unetseg", *args],
-        cwd=cwd, capture_output=True, text=True, timeout=timeout,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
         env={**os.environ, "COLUMNS": "200", **(env or {})},
     )
 
@@ -53,5 +57,3 @@ def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) 
     assert "Traceback" not in result.stderr + result.stdout
     for fragment in fragments:
         assert fragment in lines[0], lines[0]
-
-

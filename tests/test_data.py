@@ -52,7 +52,7 @@ def test_pairing_rejects_two_files_with_one_stem(tmp_path: Path) -> None:
 
 
 def test_reads_8_and_16_bit_gray_and_colour(tmp_path: Path) -> None:
-    gray16 = (np.arange(20 * 30, dtype=np.uint16).reshape(20, 30) * 7)
+    gray16 = np.arange(20 * 30, dtype=np.uint16).reshape(20, 30) * 7
     cv2.imwrite(str(tmp_path / "g16.png"), gray16)
     colour = np.zeros((20, 30, 3), np.uint8)
     colour[..., 2] = 200  # red in OpenCV's BGR order
@@ -97,8 +97,11 @@ def test_normalizer_round_trips_through_a_dict() -> None:
 
 @pytest.mark.parametrize(
     "raw",
-    [np.array([[0, 255], [255, 0]], np.uint8), np.array([[0, 1], [1, 0]], np.uint8),
-     np.array([[0, 7], [9, 0]], np.uint16)],  # 0/255, 0/1, a 16-bit instance map
+    [
+        np.array([[0, 255], [255, 0]], np.uint8),
+        np.array([[0, 1], [1, 0]], np.uint8),
+        np.array([[0, 7], [9, 0]], np.uint16),
+    ],  # 0/255, 0/1, a 16-bit instance map
 )
 def test_binary_label_encodings(raw: np.ndarray) -> None:
     assert encode_label(raw, 1, "auto", Path("x.png")).tolist() == [[0, 1], [1, 0]]

@@ -58,8 +58,9 @@ def test_losses_are_low_for_confident_correct_logits(loss: LossName) -> None:
 
 def test_optimiser_settings_reach_torch() -> None:
     params = [torch.nn.Parameter(torch.zeros(1))]
-    cfg = OptimConfig(name=OptimizerName.rmsprop, lr=1e-5, weight_decay=1e-8, momentum=0.9,
-                      betas=[0.9, 0.999], nesterov=False)
+    cfg = OptimConfig(
+        name=OptimizerName.rmsprop, lr=1e-5, weight_decay=1e-8, momentum=0.9, betas=[0.9, 0.999], nesterov=False
+    )
     optimizer = build_optimizer(params, cfg)
     assert isinstance(optimizer, torch.optim.RMSprop)
     assert optimizer.defaults["lr"] == 1e-5 and optimizer.defaults["momentum"] == 0.9
@@ -68,8 +69,7 @@ def test_optimiser_settings_reach_torch() -> None:
 
 def make_checkpoint() -> Checkpoint:
     spec = ModelSpec("bilinear", 1, 1, 4, 2)
-    return Checkpoint(spec.build().state_dict(), spec, PercentileNormalizer(1, 99), ["bg", "fg"], 0.4, 3,
-                      {"dice": 0.5})
+    return Checkpoint(spec.build().state_dict(), spec, PercentileNormalizer(1, 99), ["bg", "fg"], 0.4, 3, {"dice": 0.5})
 
 
 def test_checkpoint_round_trip_with_weights_only(tmp_path: Path) -> None:

@@ -15,12 +15,15 @@ COMMANDS = {
     "synthesize": "write the built-in synthetic EM-like data as image/ and label/ folders",
 }
 
-USAGE = f"""unetseg {__version__}: train U-Nets for image segmentation and predict masks (Hydra configs).
+USAGE = (
+    f"""unetseg {__version__}: train U-Nets for image segmentation and predict masks (Hydra configs).
 
 Usage: unetseg <command> [KEY=VALUE ...]
 
 Commands:
-""" + "".join(f"  {name:<11} {text}\n" for name, text in COMMANDS.items()) + """
+"""
+    + "".join(f"  {name:<11} {text}\n" for name, text in COMMANDS.items())
+    + """
 Examples:
   unetseg train experiment=quickstart
   unetseg train data=isbi data.root=path/to/train optim.lr=1e-5
@@ -29,14 +32,18 @@ Examples:
 
 Shell completion (bash): eval "$(unetseg -sc install=bash)"
 """
+)
 
 
 def _complete(argv: list[str]) -> None:
     """Shell completion: Hydra's script calls `unetseg -sc query=bash` with the line in COMP_LINE."""
     line = os.environ.get("COMP_LINE", "")
     words = line.split()
-    if any(arg.startswith("query") for arg in argv) and len(words) >= 2 and words[1] in COMMANDS and (
-        len(words) > 2 or line.endswith(" ")
+    if (
+        any(arg.startswith("query") for arg in argv)
+        and len(words) >= 2
+        and words[1] in COMMANDS
+        and (len(words) > 2 or line.endswith(" "))
     ):
         command = words[1]
         os.environ["COMP_LINE"] = line.replace(f" {command}", "", 1)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, List, Optional
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -62,7 +62,7 @@ class OptimConfig:
     lr: float = MISSING
     weight_decay: float = MISSING
     momentum: float = MISSING
-    betas: List[float] = MISSING
+    betas: list[float] = MISSING
     nesterov: bool = MISSING
 
 
@@ -88,12 +88,12 @@ class NormalizationConfig:
 @dataclass
 class DataConfig:
     source: DataSource = MISSING
-    root: Optional[str] = MISSING
+    root: str | None = MISSING
     image_dir: str = MISSING
     label_dir: str = MISSING
-    val_root: Optional[str] = MISSING
+    val_root: str | None = MISSING
     val_fraction: float = MISSING
-    class_names: List[str] = MISSING
+    class_names: list[str] = MISSING
     label_encoding: LabelEncoding = MISSING
     normalization: NormalizationConfig = field(default_factory=NormalizationConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -121,10 +121,10 @@ class TrainConfig:
 
 @dataclass
 class PredictConfig:
-    input: Optional[str] = MISSING
-    checkpoint: Optional[str] = MISSING
-    output: Optional[str] = MISSING
-    threshold: Optional[float] = MISSING
+    input: str | None = MISSING
+    checkpoint: str | None = MISSING
+    output: str | None = MISSING
+    threshold: float | None = MISSING
     device: str = MISSING
     overwrite: bool = MISSING
     runs_root: str = MISSING
@@ -132,7 +132,7 @@ class PredictConfig:
 
 @dataclass
 class SynthesizeConfig:
-    output: Optional[str] = MISSING
+    output: str | None = MISSING
     count: int = MISSING
     size: int = MISSING
     seed: int = MISSING

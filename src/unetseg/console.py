@@ -68,8 +68,13 @@ def metrics_table(title: str, rows: Sequence[tuple[str, Mapping[str, float]]], c
         table.add_column(f"Dice {name}", justify="right")
         table.add_column(f"IoU {name}", justify="right")
     for label, metrics in rows:
-        cells = [label, f"{metrics['val_loss']:.4f}", f"{metrics['dice']:.4f}", f"{metrics['iou']:.4f}",
-                 f"{metrics['pixel_accuracy']:.4f}"]
+        cells = [
+            label,
+            f"{metrics['val_loss']:.4f}",
+            f"{metrics['dice']:.4f}",
+            f"{metrics['iou']:.4f}",
+            f"{metrics['pixel_accuracy']:.4f}",
+        ]
         for name in class_names:
             cells += [f"{metrics[f'dice_{name}']:.4f}", f"{metrics[f'iou_{name}']:.4f}"]
         table.add_row(*cells)

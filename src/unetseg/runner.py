@@ -67,7 +67,7 @@ def _keys_under(cfg: DictConfig | None, key: str) -> list[str]:
     node = OmegaConf.select(cfg, parent) if (cfg is not None and parent) else cfg
     if not isinstance(node, DictConfig):
         return []
-    return [f"{parent}.{k}" if parent else str(k) for k in node.keys()]
+    return [f"{parent}.{k}" if parent else str(k) for k in node]
 
 
 def describe_config_error(command: str, error: Exception, base_cfg: DictConfig | None) -> str:
@@ -125,7 +125,9 @@ def preflight(command: str, overrides: list[str], multirun: bool) -> None:
                 raise UserError(describe_config_error(command, error, base_cfg)) from None
             extra = sorted(_dotted_keys(cfg) - _dotted_keys(OmegaConf.structured(typed)))
             if extra:
-                raise UserError(f"{extra[0]}: no such key in the schema; see the valid keys with unetseg {command} --cfg job")
+                raise UserError(
+                    f"{extra[0]}: no such key in the schema; see the valid keys with unetseg {command} --cfg job"
+                )
             CHECKS[command](typed)
 
 

@@ -20,8 +20,19 @@ from rich.table import Table
 from unetseg.atomic import write_text_atomic
 from unetseg.console import console
 
-COLUMNS = ["job", "overrides", "status", "best_dice", "best_iou", "best_epoch", "epochs", "parameters",
-           "wall_time_s", "error", "run_dir"]
+COLUMNS = [
+    "job",
+    "overrides",
+    "status",
+    "best_dice",
+    "best_iou",
+    "best_epoch",
+    "epochs",
+    "parameters",
+    "wall_time_s",
+    "error",
+    "run_dir",
+]
 
 _failed = 0
 
@@ -38,8 +49,11 @@ def failed_jobs() -> int:
 def _job_row(job_dir: Path) -> dict[str, Any]:
     overrides_file = job_dir / ".hydra" / "overrides.yaml"
     overrides = OmegaConf.to_container(OmegaConf.load(overrides_file)) if overrides_file.is_file() else []
-    row: dict[str, Any] = {"job": job_dir.name, "overrides": " ".join(map(str, overrides or [])),
-                           "run_dir": str(job_dir)}
+    row: dict[str, Any] = {
+        "job": job_dir.name,
+        "overrides": " ".join(map(str, overrides or [])),
+        "run_dir": str(job_dir),
+    }
     metrics_file = job_dir / "metrics.json"
     if not metrics_file.is_file():
         return {**row, "status": "missing", "error": "no metrics.json: the job did not finish"}
@@ -48,8 +62,11 @@ def _job_row(job_dir: Path) -> dict[str, Any]:
     row["error"] = summary.get("error", "")
     if row["status"] == "completed":
         row.update(
-            best_dice=round(summary["best"]["dice"], 4), best_iou=round(summary["best"]["iou"], 4),
-            best_epoch=summary["best_epoch"], epochs=summary["epochs"], parameters=summary["parameters"],
+            best_dice=round(summary["best"]["dice"], 4),
+            best_iou=round(summary["best"]["iou"], 4),
+            best_epoch=summary["best_epoch"],
+            epochs=summary["epochs"],
+            parameters=summary["parameters"],
             wall_time_s=round(summary["wall_time_s"], 1),
         )
     return row
@@ -86,4 +103,6 @@ class SweepSummary(Callback):
         rows = summarize(sweep_dir)
         _failed = sum(row["status"] != "completed" for row in rows)
         console.print(summary_table(rows))
-        console.print(f"summary: {sweep_dir / 'summary.csv'}" + (f" · [red]{_failed} job(s) failed[/]" if _failed else ""))
+        console.print(
+            f"summary: {sweep_dir / 'summary.csv'}" + (f" · [red]{_failed} job(s) failed[/]" if _failed else "")
+        )

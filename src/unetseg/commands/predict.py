@@ -74,13 +74,15 @@ def predict(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     started = time.perf_counter()
     with training_progress() as progress:
         task = progress.add_task("images", total=len(images), status="")
-        for image_path, target in zip(images, targets):
+        for image_path, target in zip(images, targets, strict=True):
             classes = predictor.predict(read_image(image_path, predictor.in_channels))
             write_png_atomic(target, predictor.to_png_values(classes))
             progress.update(task, advance=1, status=image_path.name)
     seconds = time.perf_counter() - started
-    console.print(f"predicted {len(images)} image(s) in {seconds:.1f} s "
-                  f"({len(images) / max(seconds, 1e-9):.2f} images/s) → {output}")
+    console.print(
+        f"predicted {len(images)} image(s) in {seconds:.1f} s "
+        f"({len(images) / max(seconds, 1e-9):.2f} images/s) → {output}"
+    )
     return {"images": len(images), "seconds": seconds, "output": str(output)}
 
 

@@ -33,8 +33,9 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "checkpoint_last": str(result.last_checkpoint),
     }
     write_text_atomic(run_dir / "metrics.json", json.dumps(summary, indent=2))
-    console.print(f"best checkpoint: {result.best_checkpoint} (epoch {result.best_epoch}, val Dice "
-                  f"{result.best['dice']:.4f})")
+    console.print(
+        f"best checkpoint: {result.best_checkpoint} (epoch {result.best_epoch}, val Dice {result.best['dice']:.4f})"
+    )
     console.print(f"last checkpoint: {result.last_checkpoint}")
     console.print(f"metrics: {run_dir / 'metrics.jsonl'} (per epoch), {run_dir / 'metrics.json'} (summary)")
     return summary

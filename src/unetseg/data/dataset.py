@@ -32,7 +32,7 @@ class LabelledImages:
     def __len__(self) -> int:
         return len(self.names)
 
-    def split_last(self, count: int) -> tuple["LabelledImages", "LabelledImages"]:
+    def split_last(self, count: int) -> tuple[LabelledImages, LabelledImages]:
         """Hold out the last ``count`` items as one contiguous block (adjacent EM slices correlate)."""
         cut = len(self) - count
         head = LabelledImages(self.images[:cut], self.labels[:cut], self.names[:cut])
@@ -102,8 +102,13 @@ def load_splits(data: DataConfig, channels: int, num_classes: int) -> tuple[Labe
 
         def load(root: str) -> LabelledImages:
             return load_folder(
-                user_path(root), data.image_dir, data.label_dir, channels, num_classes,
-                data.label_encoding.value, normalizer,
+                user_path(root),
+                data.image_dir,
+                data.label_dir,
+                channels,
+                num_classes,
+                data.label_encoding.value,
+                normalizer,
             )
 
         everything = load(data.root)
@@ -121,9 +126,7 @@ def load_splits(data: DataConfig, channels: int, num_classes: int) -> tuple[Labe
 class SegmentationDataset(Dataset):
     """Serves (image float32 (C, H, W), label int64 (H, W)) tensors, augmented when ``augment``."""
 
-    def __init__(
-        self, items: LabelledImages, seed: int, flip: bool = False, rotate90: bool = False
-    ) -> None:
+    def __init__(self, items: LabelledImages, seed: int, flip: bool = False, rotate90: bool = False) -> None:
         self.items = items
         self.seed = seed
         self.flip = flip

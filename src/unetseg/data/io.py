@@ -35,9 +35,7 @@ def _decode(path: Path, flags: int) -> np.ndarray:
         raise UserError(f"cannot read {path}: {error.strerror}; check the file's permissions") from None
     image = cv2.imdecode(data, flags) if data.size else None
     if image is None:
-        raise UserError(
-            f"cannot decode {path}: the file is empty, corrupt or not an image; replace or remove it"
-        )
+        raise UserError(f"cannot decode {path}: the file is empty, corrupt or not an image; replace or remove it")
     return image
 
 

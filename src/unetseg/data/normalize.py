@@ -37,7 +37,7 @@ class PercentileNormalizer:
         return {"method": "percentile", "low": self.low_percentile, "high": self.high_percentile}
 
     @classmethod
-    def from_dict(cls, spec: dict[str, object]) -> "PercentileNormalizer":
+    def from_dict(cls, spec: dict[str, object]) -> PercentileNormalizer:
         if spec.get("method") != "percentile":
             raise ValueError(f"unknown normalisation {spec.get('method')!r}")
         return cls(float(spec["low"]), float(spec["high"]))  # type: ignore[arg-type]

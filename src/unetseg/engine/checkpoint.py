@@ -59,9 +59,7 @@ def load_checkpoint(path: Path) -> Checkpoint:
     except Exception:  # torch raises many types for foreign files; all mean the same to the user
         raw = None
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:
-        raise UserError(
-            f"{path} is not a unetseg checkpoint: use a best.pt or last.pt from a unetseg train run"
-        )
+        raise UserError(f"{path} is not a unetseg checkpoint: use a best.pt or last.pt from a unetseg train run")
     if raw.get("format_version") != FORMAT_VERSION:
         raise UserError(
             f"{path} has checkpoint format {raw.get('format_version')}, this unetseg reads {FORMAT_VERSION}"

@@ -14,7 +14,10 @@ def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: OptimConfig) -> t
         return torch.optim.RMSprop(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     if cfg.name == OptimizerName.sgd:
         return torch.optim.SGD(
-            params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+            params,
+            lr=cfg.lr,
+            momentum=cfg.momentum,
+            weight_decay=cfg.weight_decay,
             nesterov=cfg.nesterov and cfg.momentum > 0,
         )
     optimizer = torch.optim.AdamW if cfg.name == OptimizerName.adamw else torch.optim.Adam

@@ -45,7 +45,11 @@ def seed_everything(seed: int) -> None:
 
 
 def evaluate(
-    model: UNet, items: LabelledImages, loss_name: LossName, threshold: float, class_names: list[str],
+    model: UNet,
+    items: LabelledImages,
+    loss_name: LossName,
+    threshold: float,
+    class_names: list[str],
     device: torch.device,
 ) -> dict[str, float]:
     """Validation loss and metrics over every image (one at a time, so any size works)."""
@@ -53,7 +57,7 @@ def evaluate(
     confusion = ConfusionMatrix(max(2, model.outc.out_channels))
     total_loss = torch.zeros((), device=device)
     with torch.inference_mode():
-        for image, label in zip(items.images, items.labels):
+        for image, label in zip(items.images, items.labels, strict=True):
             x = torch.from_numpy(image)[None].to(device)
             y = torch.from_numpy(label.astype(np.int64))[None].to(device)
             logits = model(x)
@@ -84,9 +88,7 @@ class Trainer:
     def _loader(self, train: LabelledImages) -> DataLoader:
         t, aug = self.cfg.trainer, self.cfg.data.augment
         if t.batch_size > 1 and not train.has_uniform_size():
-            raise UserError(
-                "training images have different sizes, so they cannot be batched: use trainer.batch_size=1"
-            )
+            raise UserError("training images have different sizes, so they cannot be batched: use trainer.batch_size=1")
         dataset = SegmentationDataset(train, seed=t.seed, flip=aug.flip, rotate90=aug.rotate90)
         return DataLoader(
             dataset,
@@ -135,9 +137,10 @@ class Trainer:
                 loader.dataset.set_epoch(epoch)  # type: ignore[attr-defined]
                 progress.reset(batches_task, total=len(loader), status="")
                 train_loss = self._train_epoch(model, optimizer, loader, progress, batches_task)
-                last = {"train_loss": train_loss, **evaluate(
-                    model, val_items, t.loss, t.threshold, self.class_names, self.device
-                )}
+                last = {
+                    "train_loss": train_loss,
+                    **evaluate(model, val_items, t.loss, t.threshold, self.class_names, self.device),
+                }
                 improved = not best or last["dice"] > best["dice"]
                 if improved:
                     best, best_epoch = last, epoch
@@ -151,14 +154,22 @@ class Trainer:
                     + " · ".join(f"Dice {n} {last[f'dice_{n}']:.4f}" for n in self.class_names)
                     + (" · [green]best[/]" if improved else "")
                 )
-        console.print(metrics_table(
-            "validation metrics", [(f"best (epoch {best_epoch})", best), (f"last (epoch {t.epochs})", last)],
-            self.class_names,
-        ))
+        console.print(
+            metrics_table(
+                "validation metrics",
+                [(f"best (epoch {best_epoch})", best), (f"last (epoch {t.epochs})", last)],
+                self.class_names,
+            )
+        )
         return TrainResult(
-            best_epoch=best_epoch, best=best, last=last, epochs=t.epochs, parameters=parameters,
+            best_epoch=best_epoch,
+            best=best,
+            last=last,
+            epochs=t.epochs,
+            parameters=parameters,
             wall_time_s=time.perf_counter() - started,
-            best_checkpoint=self.checkpoint_dir / "best.pt", last_checkpoint=self.checkpoint_dir / "last.pt",
+            best_checkpoint=self.checkpoint_dir / "best.pt",
+            last_checkpoint=self.checkpoint_dir / "last.pt",
         )
 
     def _train_epoch(
@@ -180,7 +191,11 @@ class Trainer:
         return loss_sum.item() / max(1, len(loader))
 
     def _append_metrics(self, epoch: int, metrics: dict[str, float], seconds: float, best: bool) -> None:
-        record = {"epoch": epoch, **{k: round(v, 6) for k, v in metrics.items()},
-                  "epoch_time_s": round(seconds, 3), "best": best}
+        record = {
+            "epoch": epoch,
+            **{k: round(v, 6) for k, v in metrics.items()},
+            "epoch_time_s": round(seconds, 3),
+            "best": best,
+        }
         with self.metrics_path.open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
