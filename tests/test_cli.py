@@ -136,7 +136,7 @@ def test_sweep_ends_with_a_summary(tmp_path: Path, dataset: Path) -> None:
     assert "model=bilinear" in rows[0]["overrides"] and "model=transposed" in rows[1]["overrides"]
     assert int(rows[1]["parameters"]) > int(rows[0]["parameters"])
     for row in rows:
-        assert 0 <= float(row["best_dice"]) <= 1 and float(row["wall_time_s"]) > 0 and row["epochs"] == "1"
+        assert 0 <= float(row["best_dice"]) <= 1 and float(row["wall_time_s"]) >= 0 and row["epochs"] == "1"
 
 
 def test_a_failing_sweep_job_does_not_stop_the_others(tmp_path: Path, dataset: Path) -> None:

@@ -67,7 +67,7 @@ def _job_row(job_dir: Path) -> dict[str, Any]:
             best_epoch=summary["best_epoch"],
             epochs=summary["epochs"],
             parameters=summary["parameters"],
-            wall_time_s=round(summary["wall_time_s"], 1),
+            wall_time_s=round(summary["wall_time_s"], 2),
         )
     return row
 
