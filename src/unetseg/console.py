@@ -43,7 +43,7 @@ def config_tree(config: Mapping[str, Any], title: str = "config") -> Tree:
     return tree
 
 
-def training_progress() -> Progress:
+def progress_bars() -> Progress:
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),

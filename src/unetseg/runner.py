@@ -116,9 +116,10 @@ def preflight(command: str, overrides: list[str], multirun: bool) -> None:
             variants = _override_variants(command, overrides, multirun)
         except HydraException as error:
             raise UserError(" ".join(str(error).split())) from None
-        base_cfg = compose(command)
+        base_cfg = None
         for variant in variants:
             try:
+                base_cfg = base_cfg or compose(command)
                 cfg = compose(command, overrides=variant)
                 typed = to_typed(cfg)
             except (HydraException, OmegaConfBaseException) as error:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -9,7 +10,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from unetseg.config import PredictConfig, check_predict, to_typed
-from unetseg.console import console, training_progress
+from unetseg.console import console, progress_bars
 from unetseg.data.io import IMAGE_SUFFIXES, list_images, read_image, write_png_atomic
 from unetseg.engine.checkpoint import load_checkpoint
 from unetseg.engine.device import resolve_device
@@ -17,6 +18,8 @@ from unetseg.engine.predictor import Predictor, newest_checkpoint
 from unetseg.errors import UserError
 from unetseg.paths import user_path
 from unetseg.runner import run_command
+
+log = logging.getLogger(__name__)
 
 
 def input_images(path: Path) -> tuple[list[Path], Path]:
@@ -72,17 +75,19 @@ def predict(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
     output.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    with training_progress() as progress:
+    with progress_bars() as progress:
         task = progress.add_task("images", total=len(images), status="")
         for image_path, target in zip(images, targets, strict=True):
             classes = predictor.predict(read_image(image_path, predictor.in_channels))
             write_png_atomic(target, predictor.to_png_values(classes))
             progress.update(task, advance=1, status=image_path.name)
     seconds = time.perf_counter() - started
-    console.print(
+    summary = (
         f"predicted {len(images)} image(s) in {seconds:.1f} s "
         f"({len(images) / max(seconds, 1e-9):.2f} images/s) → {output}"
     )
+    log.info("%s (checkpoint %s)", summary, checkpoint_path)
+    console.print(summary)
     return {"images": len(images), "seconds": seconds, "output": str(output)}
 
 

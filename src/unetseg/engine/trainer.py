@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import random
 import time
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from unetseg.config import LossName, TrainConfig
-from unetseg.console import console, metrics_table, training_progress
+from unetseg.console import console, metrics_table, progress_bars
 from unetseg.data.dataset import LabelledImages, SegmentationDataset, load_splits
 from unetseg.data.normalize import PercentileNormalizer
 from unetseg.engine.checkpoint import Checkpoint, save_checkpoint
@@ -24,6 +25,8 @@ from unetseg.engine.metrics import ConfusionMatrix, predict_classes
 from unetseg.engine.optim import build_optimizer
 from unetseg.errors import UserError
 from unetseg.model import ModelSpec, UNet, count_parameters
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -97,7 +100,7 @@ class Trainer:
             num_workers=t.workers,
             generator=torch.Generator().manual_seed(t.seed),
             pin_memory=self.device.type == "cuda",
-            drop_last=len(dataset) > t.batch_size,  # a batch of 1 breaks BatchNorm statistics
+            drop_last=len(dataset) > t.batch_size,  # a trailing 1-image batch skews BatchNorm statistics
         )
 
     def _checkpoint(self, model: UNet, epoch: int, metrics: dict[str, float]) -> Checkpoint:
@@ -129,7 +132,7 @@ class Trainer:
         best: dict[str, float] = {}
         best_epoch = 0
         last: dict[str, float] = {}
-        with training_progress() as progress:
+        with progress_bars() as progress:
             epochs_task = progress.add_task("epochs", total=t.epochs, status="")
             batches_task = progress.add_task("batches", total=len(loader), status="")
             for epoch in range(1, t.epochs + 1):
@@ -149,11 +152,12 @@ class Trainer:
                 self._append_metrics(epoch, last, time.perf_counter() - epoch_started, improved)
                 status = f"val Dice {last['dice']:.4f} (best {best['dice']:.4f} @ {best_epoch})"
                 progress.update(epochs_task, advance=1, status=status)
-                progress.console.print(
+                line = (
                     f"epoch {epoch}/{t.epochs} · train loss {train_loss:.4f} · val loss {last['val_loss']:.4f} · "
                     + " · ".join(f"Dice {n} {last[f'dice_{n}']:.4f}" for n in self.class_names)
-                    + (" · [green]best[/]" if improved else "")
                 )
+                log.info("%s%s", line, " (best)" if improved else "")
+                progress.console.print(line + (" · [green]best[/]" if improved else ""))
         console.print(
             metrics_table(
                 "validation metrics",
