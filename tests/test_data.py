@@ -5,15 +5,19 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from hydra import compose, initialize_config_dir
 
+from conftest import write_dataset
+from unetseg.config import DataConfig, register_schemas, to_typed
 from unetseg.data.augment import flip_rotate
-from unetseg.data.dataset import load_folder
+from unetseg.data.dataset import load_folder, load_splits
 from unetseg.data.io import list_images, read_image, read_label
 from unetseg.data.labels import encode_label
 from unetseg.data.normalize import PercentileNormalizer
 from unetseg.data.pairing import pair_by_stem
 from unetseg.data.synthetic import synthetic_pair
 from unetseg.errors import UserError
+from unetseg.paths import config_dir, register_resolvers
 
 NORMALIZER = PercentileNormalizer(0.5, 99.5)
 
@@ -166,3 +170,36 @@ def test_load_folder_rejects_size_mismatch(tmp_path: Path) -> None:
     cv2.imwrite(str(tmp_path / "label" / "a.png"), np.zeros((10, 10), np.uint8))
     with pytest.raises(UserError, match=r"a.png is 12×10 but its label .* is 10×10"):
         load_folder(tmp_path, "image", "label", 1, 1, "auto", NORMALIZER)
+
+
+def folder_config(root: Path, **overrides: object) -> DataConfig:
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        register_resolvers()
+        register_schemas()
+        cfg = compose("train", overrides=["data=folder", f"data.root={root}"])
+    data = to_typed(cfg).data
+    for key, value in overrides.items():
+        setattr(data, key, value)
+    return data
+
+
+def test_validation_is_the_last_block_in_natural_order(tmp_path: Path) -> None:
+    root = write_dataset(tmp_path / "d", count=12, size=24)
+    train, val = load_splits(folder_config(root, val_fraction=0.25), channels=1, num_classes=1)
+    assert train.names == [str(i) for i in range(9)] and val.names == ["9", "10", "11"]
+
+
+def test_separate_validation_folder(tmp_path: Path) -> None:
+    root = write_dataset(tmp_path / "d", count=4, size=24)
+    val_root = write_dataset(tmp_path / "v", count=2, size=24, seed=5)
+    train, val = load_splits(folder_config(root, val_root=str(val_root)), channels=1, num_classes=1)
+    assert len(train) == 4 and len(val) == 2
+
+
+def test_colour_training_images(tmp_path: Path) -> None:
+    root = write_dataset(tmp_path / "d", count=3, size=24)
+    for path in (root / "image").iterdir():
+        gray = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+        cv2.imwrite(str(path), np.dstack([gray, gray // 2, 255 - gray]))
+    train, _ = load_splits(folder_config(root), channels=3, num_classes=1)
+    assert train.images[0].shape == (3, 24, 24) and train.images[0].dtype == np.float32

@@ -107,3 +107,16 @@ def test_foreign_files_are_not_checkpoints(tmp_path: Path) -> None:
             load_checkpoint(tmp_path / name)
     with pytest.raises(UserError, match="does not exist"):
         load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_several_classes_predict_by_argmax_and_spread_grey_levels() -> None:
+    spec = ModelSpec("bilinear", 1, 3, 4, 2)
+    model = spec.build()
+    with torch.no_grad():  # make the 1×1 output layer prefer class 2 everywhere
+        model.outc.weight.zero_()
+        model.outc.bias.copy_(torch.tensor([0.0, 1.0, 5.0]))
+    checkpoint = Checkpoint(model.state_dict(), spec, PercentileNormalizer(1, 99), ["a", "b", "c"], 0.5, 1, {})
+    predictor = Predictor(checkpoint, torch.device("cpu"))
+    classes = predictor.predict(np.random.default_rng(0).integers(0, 255, (1, 9, 11)).astype(np.uint8))
+    assert classes.shape == (9, 11) and set(np.unique(classes)) == {2}
+    assert predictor.to_png_values(classes).max() == 254  # 2 × (255 // 2): visible, not "black"
