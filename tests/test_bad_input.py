@@ -28,6 +28,10 @@ from conftest import TINY, assert_one_line_error, run_cli, write_dataset
         (["train", "model=bilinear,transposed"], ["is a sweep", "-m"]),
         (["train", "-m", "optim.lr=1e-3,-1"], ["optim.lr=-1.0"]),
         (["predict"], ["input is not set"]),
+        (["train", "--foo"], ["unrecognized arguments: --foo", "unetseg train --help"]),
+        (["train", "model"], ["'model' is not an override", "KEY=VALUE"]),
+        (["train", "data.root=somewhere"], ["data=synthetic makes its own images", "data=isbi"]),
+        (["predict", "input=x", "model=transposed"], ["model: no such key", "checkpoint"]),
     ],
 )
 def test_config_errors_fail_before_any_output(tmp_path: Path, args: list[str], fragments: list[str]) -> None:
@@ -40,6 +44,20 @@ def test_config_errors_fail_before_any_output(tmp_path: Path, args: list[str], f
 def test_missing_data_folder(tmp_path: Path) -> None:
     result = run_cli("train", "data=isbi", "data.root=nowhere", *TINY, cwd=tmp_path)
     assert_one_line_error(result, "nowhere", "does not exist")
+    assert not list((tmp_path / "outputs" / "train").iterdir())  # no empty run directory left behind
+
+
+def test_images_too_small_for_the_depth(tmp_path: Path) -> None:
+    result = run_cli(
+        "train", "data.synthetic.size=16", "data.synthetic.num_images=4", "model.base_channels=2", cwd=tmp_path
+    )
+    assert_one_line_error(result, "too small for model.depth=4", "lower model.depth")
+
+
+def test_wrong_subfolder_names_are_listed(tmp_path: Path) -> None:
+    root = write_dataset(tmp_path / "d", count=2, size=32)
+    result = run_cli("train", "data=isbi", f"data.root={root}", "data.image_dir=images", *TINY, cwd=tmp_path)
+    assert_one_line_error(result, "data.image_dir=images", "folders in", "image, label")
 
 
 def test_empty_data_folder(tmp_path: Path) -> None:
@@ -103,6 +121,28 @@ def test_not_a_checkpoint(tmp_path: Path, images: Path) -> None:
     torch.save({"state_dict": {}}, tmp_path / "foreign.pt")
     result = run_cli("predict", f"input={images}", "checkpoint=foreign.pt", cwd=tmp_path)
     assert_one_line_error(result, "foreign.pt", "not a unetseg checkpoint")
+
+
+def test_predict_points_at_the_image_subfolder(tmp_path: Path) -> None:
+    root = write_dataset(tmp_path / "d", count=1, size=32)
+    result = run_cli("predict", f"input={root}", cwd=tmp_path)
+    assert_one_line_error(result, "no images", f"use input={root / 'image'}")
+
+
+def test_predict_checks_every_input_before_writing(tmp_path: Path) -> None:
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    trained = run_cli(
+        "train", "data=isbi", f"data.root={write_dataset(tmp_path / 'd', count=3, size=32)}", *TINY, cwd=model_dir
+    )
+    assert trained.returncode == 0, trained.stderr
+    inputs = write_dataset(tmp_path / "p", count=3, size=32) / "image"
+    (inputs / "2.png").write_bytes(b"not an image")
+    result = run_cli(
+        "predict", f"input={inputs}", f"output={tmp_path / 'masks'}", "runs_root=model/outputs", cwd=tmp_path
+    )
+    assert_one_line_error(result, "2.png", "corrupt")
+    assert not (tmp_path / "masks").exists()
 
 
 def test_predict_input_without_images(tmp_path: Path) -> None:

@@ -10,6 +10,15 @@ from pathlib import Path
 from typing import BinaryIO
 
 
+def _default_file_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+_FILE_MODE = _default_file_mode()
+
+
 @contextmanager
 def atomic_open(path: Path) -> Iterator[BinaryIO]:
     """Yield a binary handle whose content appears at ``path`` only if the block completes.
@@ -21,6 +30,7 @@ def atomic_open(path: Path) -> Iterator[BinaryIO]:
     try:
         with os.fdopen(fd, "wb") as handle:
             yield handle
+        os.chmod(tmp, _FILE_MODE)  # mkstemp makes 0600; give the permissions open() would have given
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -3,6 +3,7 @@ popped here and the rest goes to that command's Hydra entry point."""
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import os
 import sys
@@ -73,8 +74,11 @@ def main(argv: list[str] | None = None) -> None:
         return
     command, rest = args[0], args[1:]
     if command not in COMMANDS:
+        close = difflib.get_close_matches(command, COMMANDS, n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
         print(
-            f"unetseg: error: unknown command '{command}': choose one of {', '.join(COMMANDS)} (see unetseg --help)",
+            f"unetseg: error: unknown command '{command}': {hint}choose one of {', '.join(COMMANDS)} "
+            "(see unetseg --help)",
             file=sys.stderr,
         )
         sys.exit(2)

@@ -174,6 +174,12 @@ def check_train(cfg: TrainConfig) -> None:
         0 < d.val_fraction < 1,
         f"data.val_fraction={d.val_fraction}: must be strictly between 0 and 1 (for example 0.2)",
     )
+    if d.source == DataSource.synthetic:
+        _require(
+            d.root is None and d.val_root is None,
+            "data.root/data.val_root are set but data=synthetic makes its own images: add data=isbi (or "
+            "data=folder) to train on your folder",
+        )
     if d.source == DataSource.folder:
         _require(
             d.root is not None,

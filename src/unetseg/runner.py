@@ -10,7 +10,9 @@ from __future__ import annotations
 import difflib
 import functools
 import json
+import logging
 import re
+import shutil
 import sys
 import traceback
 from collections.abc import Callable
@@ -33,6 +35,8 @@ from unetseg.config import CHECKS, register_schemas, to_typed
 from unetseg.console import print_error
 from unetseg.errors import EXIT_USER_ERROR, UserError
 from unetseg.paths import config_dir, register_resolvers
+
+log = logging.getLogger(__name__)
 
 Task = Callable[[DictConfig, Path], dict[str, Any] | None]
 
@@ -86,7 +90,7 @@ def describe_config_error(command: str, error: Exception, base_cfg: DictConfig |
         candidates = _keys_under(base_cfg, full_key)
         close = difflib.get_close_matches(full_key, candidates, n=1)
         hint = f"did you mean {close[0]}? " if close else ""
-        known = f"keys there: {', '.join(sorted(candidates))}" if candidates else "see: unetseg <command> --cfg job"
+        known = f"keys there: {', '.join(sorted(candidates))}" if candidates else f"see: unetseg {command} --cfg job"
         return f"{full_key}: no such key; {hint}{known}"
     if isinstance(cause, ValidationError):
         full_key = getattr(cause, "full_key", "") or ""
@@ -109,13 +113,20 @@ def _dotted_keys(cfg: DictConfig, prefix: str = "") -> set[str]:
     return keys
 
 
+def describe_parse_error(message: str) -> str:
+    match = re.search(r"Error parsing override '([^']*)'", message)
+    if match and "missing EQUAL" in message:
+        return f"'{match.group(1)}' is not an override: write KEY=VALUE or GROUP=OPTION (e.g. model=transposed)"
+    return " ".join(message.split("See https://")[0].split())
+
+
 def preflight(command: str, overrides: list[str], multirun: bool) -> None:
     """Compose and check every variant of the overrides; raise UserError on the first problem."""
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3", job_name=command):
         try:
             variants = _override_variants(command, overrides, multirun)
         except HydraException as error:
-            raise UserError(" ".join(str(error).split())) from None
+            raise UserError(describe_parse_error(str(error))) from None
         base_cfg = None
         for variant in variants:
             try:
@@ -145,7 +156,9 @@ def guarded(command: str, task: Task) -> Callable[[DictConfig], dict[str, Any] |
             return task(cfg, run_dir)
         except UserError as error:
             print_error(command, str(error))
+            log.error("%s", error)
             if not in_sweep:
+                _remove_if_empty_run(run_dir)
                 sys.exit(EXIT_USER_ERROR)
             _record_failure(run_dir, str(error))
         except Exception as error:
@@ -160,6 +173,13 @@ def guarded(command: str, task: Task) -> Callable[[DictConfig], dict[str, Any] |
     return run
 
 
+def _remove_if_empty_run(run_dir: Path) -> None:
+    """A run stopped by bad input before producing anything leaves no folder behind (only Hydra's
+    .hydra/ and an almost empty log would be in it)."""
+    if run_dir.is_dir() and all(p.name == ".hydra" or p.suffix == ".log" for p in run_dir.iterdir()):
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
 def _record_failure(run_dir: Path, message: str) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(run_dir / "metrics.json", json.dumps({"status": "failed", "error": message}, indent=2))
@@ -169,7 +189,14 @@ def run_command(command: str, task: Task, argv: list[str]) -> NoReturn:
     """Parse Hydra's flags, check the config, run the command under Hydra, and exit with its status."""
     register_resolvers()
     register_schemas()
-    args = get_args_parser().parse_args(argv)
+    parser = get_args_parser()
+
+    def one_line_error(message: str) -> NoReturn:
+        print_error(command, f"{message}; see unetseg {command} --help")
+        sys.exit(EXIT_USER_ERROR)
+
+    parser.error = one_line_error  # type: ignore[method-assign]
+    args = parser.parse_args(argv)
     asks_hydra = args.help or args.hydra_help or args.shell_completion or args.info or args.cfg
     if not asks_hydra:
         try:

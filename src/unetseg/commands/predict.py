@@ -32,7 +32,9 @@ def input_images(path: Path) -> tuple[list[Path], Path]:
         raise UserError(f"input {path} does not exist: give an image file or a folder of images")
     images = list_images(path)
     if not images:
-        raise UserError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {path}: check input=")
+        nested = [sub for sub in sorted(path.iterdir()) if sub.is_dir() and list_images(sub)]
+        hint = f"its subfolder {nested[0].name}/ has images: use input={nested[0]}" if nested else "check input="
+        raise UserError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {path}: {hint}")
     return images, path
 
 
@@ -73,6 +75,8 @@ def predict(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         console.print(f"checkpoint not given: using the newest, {checkpoint_path}")
     predictor = Predictor(load_checkpoint(checkpoint_path), resolve_device(typed.device), typed.threshold)
 
+    for image_path in images:  # every input must decode before the first mask is written
+        read_image(image_path, predictor.in_channels)
     output.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     with progress_bars() as progress:

@@ -45,7 +45,9 @@ class LabelledImages:
 
 def _existing_folder(path: Path, what: str) -> Path:
     if not path.is_dir():
-        raise UserError(f"{what} {path} does not exist or is not a folder: check the path")
+        siblings = sorted(p.name for p in path.parent.iterdir() if p.is_dir()) if path.parent.is_dir() else []
+        there = f" (folders in {path.parent}: {', '.join(siblings)})" if siblings else ""
+        raise UserError(f"{what} {path} does not exist or is not a folder: check the path{there}")
     return path
 
 

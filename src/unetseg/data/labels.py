@@ -23,8 +23,13 @@ def encode_label(label: np.ndarray, num_classes: int, encoding: str, path: Path)
             return (label > 0).astype(np.uint8)
         if values.size > 2:
             shown = ", ".join(str(v) for v in values[:6]) + (", ..." if values.size > 6 else "")
+            jpeg = (
+                " (JPEG compression adds grey levels: save masks as PNG)"
+                if path.suffix.lower() in (".jpg", ".jpeg")
+                else ""
+            )
             raise UserError(
-                f"label {path} has {values.size} distinct values ({shown}) but the task is binary: "
+                f"label {path} has {values.size} distinct values ({shown}) but the task is binary{jpeg}: "
                 "save it as 0/255, or set data.label_encoding=instance if it is an instance map"
             )
         if values.size == 2 and values[0] != 0:

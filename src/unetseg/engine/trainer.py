@@ -92,6 +92,14 @@ class Trainer:
         t, aug = self.cfg.trainer, self.cfg.data.augment
         if t.batch_size > 1 and not train.has_uniform_size():
             raise UserError("training images have different sizes, so they cannot be batched: use trainer.batch_size=1")
+        smallest = min(min(image.shape[1:]) for image in train.images)
+        bottleneck = -(-smallest // 2**self.spec.depth)  # ceil: the net pads to a multiple of 2**depth
+        if bottleneck * bottleneck * t.batch_size < 2:
+            raise UserError(
+                f"images of {smallest} px are too small for model.depth={self.spec.depth} with batch size "
+                f"{t.batch_size}: the deepest layer would see a single pixel, which BatchNorm cannot train on; "
+                "lower model.depth, raise trainer.batch_size or use larger images"
+            )
         dataset = SegmentationDataset(train, seed=t.seed, flip=aug.flip, rotate90=aug.rotate90)
         return DataLoader(
             dataset,
