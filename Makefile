@@ -1,5 +1,6 @@
 # make run: set up .venv, train on the built-in synthetic data, predict on held-out images.
 # make test: set up .venv, run ruff and the whole test suite.
+# make bench: plain vs fast path throughput (training and prediction, 512×512, classic U-Net).
 PYTHON ?= python3
 VENV ?= .venv
 # This machine has a local CPU wheel of exactly this version; override on a GPU box, e.g. TORCH_SPEC=torch
@@ -8,7 +9,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.unetseg-installed
 HELDOUT := outputs/heldout-synthetic
 
-.PHONY: install run test lint clean
+.PHONY: install run test lint bench clean
 
 install: $(STAMP)
 
@@ -25,10 +26,13 @@ run: install
 	$(BIN)/unetseg predict input=$(HELDOUT)/image
 
 lint: install
-	$(BIN)/ruff check src tests
+	$(BIN)/ruff check src tests benchmarks
 
 test: lint
 	$(BIN)/pytest
+
+bench: install
+	$(BIN)/python benchmarks/throughput.py --json outputs/benchmark-throughput.json
 
 clean:
 	rm -rf $(VENV) outputs multirun

@@ -12,6 +12,7 @@ from unetseg.engine.checkpoint import Checkpoint, load_checkpoint, save_checkpoi
 from unetseg.engine.losses import compute_loss
 from unetseg.engine.metrics import ConfusionMatrix, predict_classes
 from unetseg.engine.optim import build_optimizer
+from unetseg.engine.precision import choose_fast_path
 from unetseg.engine.predictor import Predictor
 from unetseg.errors import UserError
 from unetseg.model import ModelSpec
@@ -79,7 +80,7 @@ def test_checkpoint_round_trip_with_weights_only(tmp_path: Path) -> None:
     assert raw["format"] == "unetseg-checkpoint" and raw["model"]["base_channels"] == 4
     loaded = load_checkpoint(path)
     assert loaded.model == make_checkpoint().model and loaded.threshold == 0.4
-    predictor = Predictor(loaded, torch.device("cpu"))
+    predictor = Predictor(loaded, choose_fast_path(torch.device("cpu"), "auto", True))
     assert predictor.predict(np.zeros((1, 13, 17), np.uint8)).shape == (13, 17)
 
 
@@ -116,7 +117,7 @@ def test_several_classes_predict_by_argmax_and_spread_grey_levels() -> None:
         model.outc.weight.zero_()
         model.outc.bias.copy_(torch.tensor([0.0, 1.0, 5.0]))
     checkpoint = Checkpoint(model.state_dict(), spec, PercentileNormalizer(1, 99), ["a", "b", "c"], 0.5, 1, {})
-    predictor = Predictor(checkpoint, torch.device("cpu"))
+    predictor = Predictor(checkpoint, choose_fast_path(torch.device("cpu"), "auto", True))
     classes = predictor.predict(np.random.default_rng(0).integers(0, 255, (1, 9, 11)).astype(np.uint8))
     assert classes.shape == (9, 11) and set(np.unique(classes)) == {2}
     assert predictor.to_png_values(classes).max() == 254  # 2 × (255 // 2): visible, not "black"

@@ -36,6 +36,13 @@ class LossName(str, Enum):
     bce_dice = "bce_dice"
 
 
+class Precision(str, Enum):
+    auto = "auto"
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
 class DataSource(str, Enum):
     folder = "folder"
     synthetic = "synthetic"
@@ -105,10 +112,13 @@ class TrainerConfig:
     device: str = MISSING
     epochs: int = MISSING
     batch_size: int = MISSING
-    workers: int = MISSING
+    workers: int | None = MISSING
     seed: int = MISSING
     loss: LossName = MISSING
     threshold: float = MISSING
+    precision: Precision = MISSING
+    channels_last: bool = MISSING
+    compile: bool = MISSING
 
 
 @dataclass
@@ -126,6 +136,8 @@ class PredictConfig:
     output: str | None = MISSING
     threshold: float | None = MISSING
     device: str = MISSING
+    precision: Precision = MISSING
+    channels_last: bool = MISSING
     overwrite: bool = MISSING
     runs_root: str = MISSING
 
@@ -200,7 +212,10 @@ def check_train(cfg: TrainConfig) -> None:
     _require(d.synthetic.size >= 16, "data.synthetic.size: must be at least 16 pixels")
     _require(t.epochs >= 1, f"trainer.epochs={t.epochs}: must be at least 1")
     _require(t.batch_size >= 1, f"trainer.batch_size={t.batch_size}: must be at least 1")
-    _require(t.workers >= 0, f"trainer.workers={t.workers}: must be >= 0 (0 loads data in the main process)")
+    _require(
+        t.workers is None or t.workers >= 0,
+        f"trainer.workers={t.workers}: must be >= 0 (0 loads data in the main process), or null for automatic",
+    )
     _require(0 < t.threshold < 1, f"trainer.threshold={t.threshold}: must be strictly between 0 and 1")
     _check_device(t.device, "trainer.device")
 

@@ -14,6 +14,7 @@ from unetseg.console import console, progress_bars
 from unetseg.data.io import IMAGE_SUFFIXES, list_images, read_image, write_png_atomic
 from unetseg.engine.checkpoint import load_checkpoint
 from unetseg.engine.device import resolve_device
+from unetseg.engine.precision import choose_fast_path
 from unetseg.engine.predictor import Predictor, newest_checkpoint
 from unetseg.errors import UserError
 from unetseg.paths import user_path
@@ -73,7 +74,9 @@ def predict(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     else:
         checkpoint_path = newest_checkpoint(user_path(typed.runs_root))
         console.print(f"checkpoint not given: using the newest, {checkpoint_path}")
-    predictor = Predictor(load_checkpoint(checkpoint_path), resolve_device(typed.device), typed.threshold)
+    fast = choose_fast_path(resolve_device(typed.device), typed.precision.value, typed.channels_last)
+    console.print(f"[bold]{fast.describe()}[/]")
+    predictor = Predictor(load_checkpoint(checkpoint_path), fast, typed.threshold)
 
     for image_path in images:  # every input must decode before the first mask is written
         read_image(image_path, predictor.in_channels)

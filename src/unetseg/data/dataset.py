@@ -133,11 +133,12 @@ class SegmentationDataset(Dataset):
         self.seed = seed
         self.flip = flip
         self.rotate90 = rotate90
-        self.epoch = 0
+        # Shared memory, so persistent DataLoader workers see the epoch the main process sets.
+        self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
 
     def set_epoch(self, epoch: int) -> None:
         """Augmentation depends on (seed, epoch, index) only: the same with any number of workers."""
-        self.epoch = epoch
+        self._epoch.fill_(epoch)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -145,6 +146,6 @@ class SegmentationDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         image, label = self.items.images[index], self.items.labels[index]
         if self.flip or self.rotate90:
-            rng = np.random.default_rng([self.seed, self.epoch, index])
+            rng = np.random.default_rng([self.seed, int(self._epoch.item()), index])
             image, label = flip_rotate(image, label, rng, self.flip, self.rotate90)
         return torch.from_numpy(image), torch.from_numpy(label.astype(np.int64))

@@ -9,17 +9,18 @@ import torch
 
 from unetseg.engine.checkpoint import Checkpoint
 from unetseg.engine.metrics import predict_classes
+from unetseg.engine.precision import FastPath
 from unetseg.errors import UserError
 
 
 class Predictor:
-    def __init__(self, checkpoint: Checkpoint, device: torch.device, threshold: float | None = None) -> None:
+    def __init__(self, checkpoint: Checkpoint, fast: FastPath, threshold: float | None = None) -> None:
         self.checkpoint = checkpoint
-        self.device = device
+        self.fast = fast
         self.threshold = checkpoint.threshold if threshold is None else threshold
-        self.model = checkpoint.model.build()
-        self.model.load_state_dict(checkpoint.state_dict)
-        self.model.to(device).eval()
+        model = checkpoint.model.build()
+        model.load_state_dict(checkpoint.state_dict)
+        self.model = fast.prepare_model(model).eval()
 
     @property
     def in_channels(self) -> int:
@@ -32,8 +33,10 @@ class Predictor:
     @torch.inference_mode()
     def predict(self, image: np.ndarray) -> np.ndarray:
         """Raw (C, H, W) image of any dtype → (H, W) uint8 class ids (sigmoid ≥ threshold, or argmax)."""
-        x = torch.from_numpy(self.checkpoint.normalization(image))[None].to(self.device)
-        return predict_classes(self.model(x), self.threshold)[0].to(torch.uint8).cpu().numpy()
+        x = self.fast.prepare_input(torch.from_numpy(self.checkpoint.normalization(image))[None])
+        with self.fast.autocast():
+            logits = self.model(x)
+        return predict_classes(logits, self.threshold)[0].to(torch.uint8).cpu().numpy()
 
     def to_png_values(self, classes: np.ndarray) -> np.ndarray:
         """Class ids → visible grey levels: 0/255 for a binary mask, evenly spread for several classes."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import time
 from dataclasses import dataclass
@@ -23,8 +24,9 @@ from unetseg.engine.device import resolve_device
 from unetseg.engine.losses import compute_loss
 from unetseg.engine.metrics import ConfusionMatrix, predict_classes
 from unetseg.engine.optim import build_optimizer
+from unetseg.engine.precision import FastPath, choose_fast_path, maybe_compile
 from unetseg.errors import UserError
-from unetseg.model import ModelSpec, UNet, count_parameters
+from unetseg.model import ModelSpec, count_parameters
 
 log = logging.getLogger(__name__)
 
@@ -48,22 +50,23 @@ def seed_everything(seed: int) -> None:
 
 
 def evaluate(
-    model: UNet,
+    network: torch.nn.Module,
     items: LabelledImages,
     loss_name: LossName,
     threshold: float,
     class_names: list[str],
-    device: torch.device,
+    fast: FastPath,
 ) -> dict[str, float]:
     """Validation loss and metrics over every image (one at a time, so any size works)."""
-    model.eval()
-    confusion = ConfusionMatrix(max(2, model.outc.out_channels))
-    total_loss = torch.zeros((), device=device)
+    network.eval()
+    confusion = ConfusionMatrix(max(2, len(class_names)))
+    total_loss = torch.zeros((), device=fast.device)
     with torch.inference_mode():
         for image, label in zip(items.images, items.labels, strict=True):
-            x = torch.from_numpy(image)[None].to(device)
-            y = torch.from_numpy(label.astype(np.int64))[None].to(device)
-            logits = model(x)
+            x = fast.prepare_input(torch.from_numpy(image)[None])
+            y = torch.from_numpy(label.astype(np.int64))[None].to(fast.device)
+            with fast.autocast():
+                logits = network(x)
             total_loss += compute_loss(loss_name, logits, y)
             confusion.update(predict_classes(logits, threshold), y)
     return {"val_loss": (total_loss / len(items)).item(), **confusion.scores(class_names)}
@@ -75,7 +78,10 @@ class Trainer:
         self.run_dir = run_dir
         self.checkpoint_dir = run_dir / "checkpoints"
         self.metrics_path = run_dir / "metrics.jsonl"
-        self.device = resolve_device(cfg.trainer.device)
+        self.fast = choose_fast_path(
+            resolve_device(cfg.trainer.device), cfg.trainer.precision.value, cfg.trainer.channels_last
+        )
+        self.device = self.fast.device
         self.spec = ModelSpec(
             upsampling=cfg.model.upsampling.value,
             in_channels=cfg.model.in_channels,
@@ -101,17 +107,21 @@ class Trainer:
                 "lower model.depth, raise trainer.batch_size or use larger images"
             )
         dataset = SegmentationDataset(train, seed=t.seed, flip=aug.flip, rotate90=aug.rotate90)
+        on_gpu = self.device.type == "cuda"
+        # The data is already decoded in memory; worker processes only pay off when they feed a GPU.
+        workers = t.workers if t.workers is not None else (min(4, os.cpu_count() or 1) if on_gpu else 0)
         return DataLoader(
             dataset,
             batch_size=t.batch_size,
             shuffle=True,
-            num_workers=t.workers,
+            num_workers=workers,
+            persistent_workers=workers > 0,
             generator=torch.Generator().manual_seed(t.seed),
-            pin_memory=self.device.type == "cuda",
+            pin_memory=on_gpu,
             drop_last=len(dataset) > t.batch_size,  # a trailing 1-image batch skews BatchNorm statistics
         )
 
-    def _checkpoint(self, model: UNet, epoch: int, metrics: dict[str, float]) -> Checkpoint:
+    def _checkpoint(self, model: torch.nn.Module, epoch: int, metrics: dict[str, float]) -> Checkpoint:
         return Checkpoint(
             state_dict={k: v.detach().cpu() for k, v in model.state_dict().items()},
             model=self.spec,
@@ -128,13 +138,17 @@ class Trainer:
         seed_everything(t.seed)
         train_items, val_items = load_splits(cfg.data, cfg.model.in_channels, cfg.model.num_classes)
         loader = self._loader(train_items)
-        model = self.spec.build().to(self.device)
+        model = self.fast.prepare_model(self.spec.build())
         parameters = count_parameters(model)
         optimizer = build_optimizer(model.parameters(), cfg.optim)
+        scaler = torch.amp.GradScaler(self.device.type, enabled=self.fast.needs_grad_scaler)
+        example = self.fast.prepare_input(torch.from_numpy(train_items.images[0])[None])
+        network = maybe_compile(model, t.compile, example, self.fast)
+        console.print(f"[bold]{self.fast.describe()}[/]")
+        log.info("%s", self.fast.describe())
         console.print(
             f"[bold]data[/]: {len(train_items)} training, {len(val_items)} validation images · "
-            f"[bold]model[/]: U-Net {self.spec.upsampling}, {parameters:,} parameters · "
-            f"[bold]device[/]: {self.device}"
+            f"[bold]model[/]: U-Net {self.spec.upsampling}, {parameters:,} parameters"
         )
 
         best: dict[str, float] = {}
@@ -147,10 +161,10 @@ class Trainer:
                 epoch_started = time.perf_counter()
                 loader.dataset.set_epoch(epoch)  # type: ignore[attr-defined]
                 progress.reset(batches_task, total=len(loader), status="")
-                train_loss = self._train_epoch(model, optimizer, loader, progress, batches_task)
+                train_loss = self._train_epoch(network, optimizer, scaler, loader, progress, batches_task)
                 last = {
                     "train_loss": train_loss,
-                    **evaluate(model, val_items, t.loss, t.threshold, self.class_names, self.device),
+                    **evaluate(network, val_items, t.loss, t.threshold, self.class_names, self.fast),
                 }
                 improved = not best or last["dice"] > best["dice"]
                 if improved:
@@ -185,17 +199,26 @@ class Trainer:
         )
 
     def _train_epoch(
-        self, model: UNet, optimizer: torch.optim.Optimizer, loader: DataLoader, progress: Any, task: Any
+        self,
+        network: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scaler: torch.amp.GradScaler,
+        loader: DataLoader,
+        progress: Any,
+        task: Any,
     ) -> float:
-        model.train()
+        network.train()
         loss_sum = torch.zeros((), device=self.device)
         for step, (images, labels) in enumerate(loader, start=1):
-            images = images.to(self.device, non_blocking=True)
+            images = self.fast.prepare_input(images)
             labels = labels.to(self.device, non_blocking=True)
-            loss = compute_loss(self.cfg.trainer.loss, model(images), labels)
+            with self.fast.autocast():
+                logits = network(images)
+            loss = compute_loss(self.cfg.trainer.loss, logits, labels)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
             loss_sum += loss.detach()
             # Reading the loss synchronises with the device: only every 10 steps, for the progress bar.
             status = f"loss {loss_sum.item() / step:.4f}" if step % 10 == 0 or step == len(loader) else None
