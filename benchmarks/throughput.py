@@ -30,7 +30,7 @@ from unetseg.config import LossName
 from unetseg.engine.device import resolve_device
 from unetseg.engine.losses import compute_loss
 from unetseg.engine.precision import FastPath, choose_fast_path
-from unetseg.model import ModelSpec
+from unetseg.model import ModelSpec, fold_batchnorm
 
 CLASSIC = ModelSpec("bilinear", in_channels=1, num_classes=1, base_channels=64, depth=4)
 
@@ -75,7 +75,7 @@ def synchronize(device: torch.device) -> None:
 
 
 @dataclass
-class Path_:
+class Contender:
     name: str
     fast: FastPath
     step: Callable[[], None] = field(repr=False)
@@ -83,7 +83,7 @@ class Path_:
     peak: int = 0
 
 
-def training_step(fast: FastPath, batch: int, size: int) -> Callable[[], None]:
+def training_step(fast: FastPath, batch: int, size: int, optimized: bool) -> Callable[[], None]:
     model = fast.prepare_model(CLASSIC.build()).train()
     optimizer = torch.optim.RMSprop(model.parameters(), lr=1e-5, momentum=0.9, weight_decay=1e-8)
     scaler = torch.amp.GradScaler(fast.device.type, enabled=fast.needs_grad_scaler)
@@ -102,8 +102,10 @@ def training_step(fast: FastPath, batch: int, size: int) -> Callable[[], None]:
     return step
 
 
-def prediction_step(fast: FastPath, batch: int, size: int) -> Callable[[], None]:
-    model = fast.prepare_model(CLASSIC.build()).eval()
+def prediction_step(fast: FastPath, batch: int, size: int, optimized: bool) -> Callable[[], None]:
+    """Plain: the network as trained. Optimized: what unetseg's Predictor runs (BatchNorm folded)."""
+    model = CLASSIC.build().eval()
+    model = fast.prepare_model(fold_batchnorm(model) if optimized else model)
     images = fast.prepare_input(torch.rand(batch, 1, size, size))
 
     def step() -> None:
@@ -113,9 +115,10 @@ def prediction_step(fast: FastPath, batch: int, size: int) -> Callable[[], None]
     return step
 
 
-def count_flops(make_step: Callable[[FastPath, int, int], Callable[[], None]], device: torch.device, size: int) -> int:
+def count_flops(make_step: Callable[..., Callable[[], None]], device: torch.device, size: int) -> int:
+    """FLOPs of one image through the plain network (folding BatchNorm does not change conv FLOPs)."""
     plain = choose_fast_path(device, "fp32", channels_last=False)
-    step = make_step(plain, 1, size)
+    step = make_step(plain, 1, size, False)
     with FlopCounterMode(display=False) as counter:
         step()
     return counter.get_total_flops()
@@ -134,7 +137,7 @@ def matmul_rate(device: torch.device, dtype: torch.dtype, n: int = 2048, repeats
     return 2 * n**3 * repeats / (time.perf_counter() - started)
 
 
-def measure(paths: list[Path_], rounds: int, steps: int, warmup: int) -> None:
+def measure(paths: list[Contender], rounds: int, steps: int, warmup: int) -> None:
     for path in paths:
         for _ in range(warmup):
             path.step()
@@ -182,8 +185,8 @@ def main() -> None:
     for task, make_step in (("train", training_step), ("predict", prediction_step)):
         flops_per_image = count_flops(make_step, device, args.size)
         paths = [
-            Path_("plain", plain, make_step(plain, 1, args.size)),
-            Path_("fast", fast, make_step(fast, args.batch, args.size)),
+            Contender("plain", plain, make_step(plain, 1, args.size, False)),
+            Contender("fast", fast, make_step(fast, args.batch, args.size, True)),
         ]
         measure(paths, args.rounds, args.steps, args.warmup)
         row: dict[str, object] = {"gflop_per_image": round(flops_per_image / 1e9, 1)}

@@ -58,6 +58,7 @@ def test_train_then_predict(tmp_path: Path, dataset: Path) -> None:
     run_dir = only_run_dir(tmp_path)
     assert (run_dir / ".hydra" / "config.yaml").is_file()
     assert "epoch 2/2" in (run_dir / "train.log").read_text()
+    assert "cpu · " in result.stdout and " threads" in result.stdout  # the fast-path start-up line
     assert (run_dir / "checkpoints" / "best.pt").stat().st_mode & 0o044  # readable by others, as open() makes it
     for name in ("best.pt", "last.pt"):
         assert (run_dir / "checkpoints" / name).is_file()

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from unetseg.model import ModelSpec, UNet, count_parameters
+from unetseg.model import ModelSpec, UNet, count_parameters, fold_batchnorm
 
 
 @pytest.mark.parametrize(("upsampling", "expected"), [("bilinear", 13_394_177), ("transposed", 14_787_777)])
@@ -35,3 +35,19 @@ def test_padding_does_not_shift_content() -> None:
         full = model(image)
         odd = model(image[..., :63, :63])
     assert torch.allclose(full[..., 8:40, 8:40], odd[..., 8:40, 8:40], atol=1e-5)
+
+
+def test_folding_batchnorm_keeps_outputs() -> None:
+    torch.manual_seed(0)
+    model = UNet(base_channels=4, depth=2)
+    model.train()
+    with torch.no_grad():  # give BatchNorm non-trivial running statistics
+        for _ in range(3):
+            model(torch.rand(2, 1, 32, 32) * 3 + 1)
+    model.eval()
+    x = torch.rand(1, 1, 29, 31)
+    with torch.no_grad():
+        expected = model(x)
+        folded = fold_batchnorm(model)(x)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    assert torch.allclose(folded, expected, atol=1e-4)

@@ -11,6 +11,7 @@ from unetseg.engine.checkpoint import Checkpoint
 from unetseg.engine.metrics import predict_classes
 from unetseg.engine.precision import FastPath
 from unetseg.errors import UserError
+from unetseg.model import fold_batchnorm
 
 
 class Predictor:
@@ -20,7 +21,7 @@ class Predictor:
         self.threshold = checkpoint.threshold if threshold is None else threshold
         model = checkpoint.model.build()
         model.load_state_dict(checkpoint.state_dict)
-        self.model = fast.prepare_model(model).eval()
+        self.model = fast.prepare_model(fold_batchnorm(model.eval()))
 
     @property
     def in_channels(self) -> int:
