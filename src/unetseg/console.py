@@ -53,6 +53,7 @@ def progress_bars() -> Progress:
         TextColumn("ETA"),
         TimeRemainingColumn(),
         console=console,
+        disable=console.quiet,  # ranks other than 0 under torchrun
     )
 
 

@@ -35,12 +35,27 @@ def user_path(path: str | os.PathLike[str]) -> Path:
 _STAMP: str | None = None
 
 
+STAMP_VARIABLE = "UNETSEG_RUN_STAMP"
+
+
 def run_stamp() -> str:
-    """Time to the second plus the process id: two runs started in the same second never collide."""
+    """Time to the second plus the process id: two runs started in the same second never collide.
+
+    The stamp is exported in the environment, so sweep jobs that a launcher runs in worker processes name
+    their folders under the same sweep directory as the process that started them.
+    """
     global _STAMP
     if _STAMP is None:
-        _STAMP = f"{datetime.now():%Y-%m-%d_%H-%M-%S}_{os.getpid()}"
+        _STAMP = os.environ.get(STAMP_VARIABLE) or f"{datetime.now():%Y-%m-%d_%H-%M-%S}_{os.getpid()}"
+        os.environ[STAMP_VARIABLE] = _STAMP
     return _STAMP
+
+
+def share_run_stamp(stamp: str) -> None:
+    """Use ``stamp`` (rank 0's, under torchrun) for this process's run directory."""
+    global _STAMP
+    _STAMP = stamp
+    os.environ[STAMP_VARIABLE] = stamp
 
 
 def register_resolvers() -> None:

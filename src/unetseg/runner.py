@@ -29,12 +29,12 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
-from unetseg import sweep
+from unetseg import distributed, sweep
 from unetseg.atomic import write_text_atomic
 from unetseg.config import CHECKS, register_schemas, to_typed
-from unetseg.console import print_error
+from unetseg.console import console, print_error
 from unetseg.errors import EXIT_USER_ERROR, UserError
-from unetseg.paths import config_dir, register_resolvers
+from unetseg.paths import config_dir, register_resolvers, run_stamp, share_run_stamp
 
 log = logging.getLogger(__name__)
 
@@ -204,7 +204,16 @@ def run_command(command: str, task: Task, argv: list[str]) -> NoReturn:
         except UserError as error:
             print_error(command, str(error))
             sys.exit(EXIT_USER_ERROR)
+    world = distributed.init_from_environment()
+    if world.distributed:  # torchrun: one run directory for all ranks; only rank 0 prints and logs
+        share_run_stamp(str(distributed.broadcast_from_main(run_stamp())))
+        if not world.is_main:
+            console.quiet = True
+            argv = [*argv, "hydra.output_subdir=null", "hydra/job_logging=disabled"]
     sys.argv = [sys.argv[0], *argv]
     sweep.reset()
-    hydra.main(config_path=config_dir(), config_name=command, version_base="1.3")(guarded(command, task))()
+    try:
+        hydra.main(config_path=config_dir(), config_name=command, version_base="1.3")(guarded(command, task))()
+    finally:
+        distributed.shutdown()
     sys.exit(1 if sweep.failed_jobs() else 0)

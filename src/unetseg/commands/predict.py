@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
+import torch
 from omegaconf import DictConfig
 
 from unetseg.config import PredictConfig, check_predict, to_typed
 from unetseg.console import console, progress_bars
 from unetseg.data.io import IMAGE_SUFFIXES, list_images, read_image, write_png_atomic
+from unetseg.distributed import World, barrier, current_world
+from unetseg.distributed import any_rank as distributed_any
 from unetseg.engine.checkpoint import load_checkpoint
 from unetseg.engine.device import resolve_device
 from unetseg.engine.precision import choose_fast_path
 from unetseg.engine.predictor import Predictor, newest_checkpoint
-from unetseg.errors import UserError
+from unetseg.errors import EXIT_USER_ERROR, UserError
 from unetseg.paths import user_path
 from unetseg.runner import run_command
 
@@ -61,6 +65,21 @@ def mask_paths(images: list[Path], input_dir: Path, output: Path, overwrite: boo
     return list(targets)
 
 
+def check_inputs_everywhere(images: list[Path], channels: int, world: World) -> None:
+    """Decode every input before the first mask is written, on every rank: if any rank finds a bad
+    file, that rank reports it and all ranks stop."""
+    problem: UserError | None = None
+    try:
+        for image_path in images:
+            read_image(image_path, channels)
+    except UserError as error:
+        problem = error
+    if distributed_any(problem is not None):
+        if problem is not None:
+            raise problem
+        sys.exit(EXIT_USER_ERROR)  # another rank reported the bad file
+
+
 def predict(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     typed: PredictConfig = to_typed(cfg)
     check_predict(typed)
@@ -74,20 +93,27 @@ def predict(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     else:
         checkpoint_path = newest_checkpoint(user_path(typed.runs_root))
         console.print(f"checkpoint not given: using the newest, {checkpoint_path}")
-    fast = choose_fast_path(resolve_device(typed.device), typed.precision.value, typed.channels_last)
-    console.print(f"[bold]{fast.describe()}[/]")
+    world = current_world()
+    device = resolve_device(typed.device)
+    if device.type == "cuda" and world.distributed:
+        device = torch.device("cuda", world.local_rank)
+    fast = choose_fast_path(device, typed.precision.value, typed.channels_last)
+    ranks = f" · {world.size} processes, each predicts 1/{world.size} of the files" if world.distributed else ""
+    console.print(f"[bold]{fast.describe()}{ranks}[/]")
     predictor = Predictor(load_checkpoint(checkpoint_path), fast, typed.threshold)
 
-    for image_path in images:  # every input must decode before the first mask is written
-        read_image(image_path, predictor.in_channels)
+    # Under torchrun each rank takes every world.size-th file; alone, this is every file.
+    shard = list(zip(images, targets, strict=True))[world.rank :: world.size]
+    check_inputs_everywhere([image for image, _ in shard], predictor.in_channels, world)
     output.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     with progress_bars() as progress:
-        task = progress.add_task("images", total=len(images), status="")
-        for image_path, target in zip(images, targets, strict=True):
+        task = progress.add_task("images", total=len(shard), status="")
+        for image_path, target in shard:
             classes = predictor.predict(read_image(image_path, predictor.in_channels))
             write_png_atomic(target, predictor.to_png_values(classes))
             progress.update(task, advance=1, status=image_path.name)
+    barrier()  # the summary below counts every rank's masks
     seconds = time.perf_counter() - started
     summary = (
         f"predicted {len(images)} image(s) in {seconds:.1f} s "

@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from unetseg.atomic import write_text_atomic
 from unetseg.config import TrainConfig, check_train, to_typed
 from unetseg.console import config_tree, console
+from unetseg.distributed import current_world, gather_objects
 from unetseg.engine.trainer import Trainer
 from unetseg.runner import run_command
 
@@ -21,6 +22,11 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     console.print(config_tree(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True), title="unetseg train"))  # type: ignore[arg-type]
     console.print(f"run directory: {run_dir}")
     result = Trainer(typed, run_dir).fit()
+    world = current_world()
+    if world.distributed:
+        ranks_best = gather_objects(result.best)  # the all-reduced metrics must agree on every rank
+        if not world.is_main:
+            return {}
     summary = {
         "status": "completed",
         "best_epoch": result.best_epoch,
@@ -32,6 +38,9 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "checkpoint_best": str(result.best_checkpoint),
         "checkpoint_last": str(result.last_checkpoint),
     }
+    if world.distributed:
+        summary["world_size"] = world.size
+        summary["best_per_rank"] = ranks_best
     write_text_atomic(run_dir / "metrics.json", json.dumps(summary, indent=2))
     console.print(
         f"best checkpoint: {result.best_checkpoint} (epoch {result.best_epoch}, val Dice {result.best['dice']:.4f})"

@@ -13,12 +13,15 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
 
 from unetseg.config import LossName, TrainConfig
 from unetseg.console import console, metrics_table, progress_bars
 from unetseg.data.dataset import LabelledImages, SegmentationDataset, load_splits
 from unetseg.data.normalize import PercentileNormalizer
+from unetseg.distributed import all_reduce_sum, current_world
 from unetseg.engine.checkpoint import Checkpoint, save_checkpoint
 from unetseg.engine.device import resolve_device
 from unetseg.engine.losses import compute_loss
@@ -59,17 +62,27 @@ def evaluate(
 ) -> dict[str, float]:
     """Validation loss and metrics over every image (one at a time, so any size works)."""
     network.eval()
+    world = current_world()
     confusion = ConfusionMatrix(max(2, len(class_names)))
     total_loss = torch.zeros((), device=fast.device)
-    with torch.inference_mode():
-        for image, label in zip(items.images, items.labels, strict=True):
+    with torch.inference_mode():  # under torchrun each rank takes every world.size-th image
+        for image, label in zip(
+            items.images[world.rank :: world.size], items.labels[world.rank :: world.size], strict=True
+        ):
             x = fast.prepare_input(torch.from_numpy(image)[None])
             y = torch.from_numpy(label.astype(np.int64))[None].to(fast.device)
             with fast.autocast():
                 logits = network(x)
             total_loss += compute_loss(loss_name, logits, y)
             confusion.update(predict_classes(logits, threshold), y)
+    if world.distributed:  # sum pixel counts and losses over ranks: every rank gets the same metrics
+        confusion.counts = all_reduce_sum(confusion.counts.to(fast.device)).cpu()
+        all_reduce_sum(total_loss)
     return {"val_loss": (total_loss / len(items)).item(), **confusion.scores(class_names)}
+
+
+def dist_backend() -> str:
+    return str(dist.get_backend()) if dist.is_initialized() else "single process"
 
 
 class Trainer:
@@ -78,9 +91,11 @@ class Trainer:
         self.run_dir = run_dir
         self.checkpoint_dir = run_dir / "checkpoints"
         self.metrics_path = run_dir / "metrics.jsonl"
-        self.fast = choose_fast_path(
-            resolve_device(cfg.trainer.device), cfg.trainer.precision.value, cfg.trainer.channels_last
-        )
+        self.world = current_world()
+        device = resolve_device(cfg.trainer.device)
+        if device.type == "cuda" and self.world.distributed:
+            device = torch.device("cuda", self.world.local_rank)
+        self.fast = choose_fast_path(device, cfg.trainer.precision.value, cfg.trainer.channels_last)
         self.device = self.fast.device
         self.spec = ModelSpec(
             upsampling=cfg.model.upsampling.value,
@@ -107,13 +122,20 @@ class Trainer:
                 "lower model.depth, raise trainer.batch_size or use larger images"
             )
         dataset = SegmentationDataset(train, seed=t.seed, flip=aug.flip, rotate90=aug.rotate90)
+        # Under torchrun each rank trains on its share of every epoch (trainer.batch_size per rank).
+        sampler = (
+            DistributedSampler(dataset, self.world.size, self.world.rank, shuffle=True, seed=t.seed)
+            if self.world.distributed
+            else None
+        )
         on_gpu = self.device.type == "cuda"
         # The data is already decoded in memory; worker processes only pay off when they feed a GPU.
         workers = t.workers if t.workers is not None else (min(4, os.cpu_count() or 1) if on_gpu else 0)
         return DataLoader(
             dataset,
             batch_size=t.batch_size,
-            shuffle=True,
+            shuffle=sampler is None,
+            sampler=sampler,
             num_workers=workers,
             persistent_workers=workers > 0,
             generator=torch.Generator().manual_seed(t.seed),
@@ -144,8 +166,13 @@ class Trainer:
         scaler = torch.amp.GradScaler(self.device.type, enabled=self.fast.needs_grad_scaler)
         example = self.fast.prepare_input(torch.from_numpy(train_items.images[0])[None])
         network = maybe_compile(model, t.compile, example, self.fast)
-        console.print(f"[bold]{self.fast.describe()}[/]")
-        log.info("%s", self.fast.describe())
+        evaluated = network  # validation runs unwrapped: ranks see different image counts, DDP needs lockstep
+        if self.world.distributed:
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            network = DistributedDataParallel(network, device_ids=device_ids)
+        ranks = f" · {self.world.size} processes ({dist_backend()})" if self.world.distributed else ""
+        console.print(f"[bold]{self.fast.describe()}{ranks}[/]")
+        log.info("%s%s", self.fast.describe(), ranks)
         console.print(
             f"[bold]data[/]: {len(train_items)} training, {len(val_items)} validation images · "
             f"[bold]model[/]: U-Net {self.spec.upsampling}, {parameters:,} parameters"
@@ -160,25 +187,30 @@ class Trainer:
             for epoch in range(1, t.epochs + 1):
                 epoch_started = time.perf_counter()
                 loader.dataset.set_epoch(epoch)  # type: ignore[attr-defined]
+                if isinstance(loader.sampler, DistributedSampler):
+                    loader.sampler.set_epoch(epoch)
                 progress.reset(batches_task, total=len(loader), status="")
                 train_loss = self._train_epoch(network, optimizer, scaler, loader, progress, batches_task)
                 last = {
                     "train_loss": train_loss,
-                    **evaluate(network, val_items, t.loss, t.threshold, self.class_names, self.fast),
+                    **evaluate(evaluated, val_items, t.loss, t.threshold, self.class_names, self.fast),
                 }
                 improved = not best or last["dice"] > best["dice"]
                 if improved:
                     best, best_epoch = last, epoch
-                    save_checkpoint(self._checkpoint(model, epoch, last), self.checkpoint_dir / "best.pt")
-                save_checkpoint(self._checkpoint(model, epoch, last), self.checkpoint_dir / "last.pt")
-                self._append_metrics(epoch, last, time.perf_counter() - epoch_started, improved)
+                if self.world.is_main:
+                    if improved:
+                        save_checkpoint(self._checkpoint(model, epoch, last), self.checkpoint_dir / "best.pt")
+                    save_checkpoint(self._checkpoint(model, epoch, last), self.checkpoint_dir / "last.pt")
+                    self._append_metrics(epoch, last, time.perf_counter() - epoch_started, improved)
                 status = f"val Dice {last['dice']:.4f} (best {best['dice']:.4f} @ {best_epoch})"
                 progress.update(epochs_task, advance=1, status=status)
                 line = (
                     f"epoch {epoch}/{t.epochs} · train loss {train_loss:.4f} · val loss {last['val_loss']:.4f} · "
                     + " · ".join(f"Dice {n} {last[f'dice_{n}']:.4f}" for n in self.class_names)
                 )
-                log.info("%s%s", line, " (best)" if improved else "")
+                if self.world.is_main:
+                    log.info("%s%s", line, " (best)" if improved else "")
                 progress.console.print(line + (" · [green]best[/]" if improved else ""))
         console.print(
             metrics_table(
@@ -223,7 +255,9 @@ class Trainer:
             # Reading the loss synchronises with the device: only every 10 steps, for the progress bar.
             status = f"loss {loss_sum.item() / step:.4f}" if step % 10 == 0 or step == len(loader) else None
             progress.update(task, advance=1, **({"status": status} if status else {}))
-        return loss_sum.item() / max(1, len(loader))
+        # One reduction per epoch: the mean training loss over every rank's steps.
+        totals = all_reduce_sum(torch.stack([loss_sum, torch.tensor(float(len(loader)), device=self.device)]))
+        return (totals[0] / totals[1].clamp(min=1)).item()
 
     def _append_metrics(self, epoch: int, metrics: dict[str, float], seconds: float, best: bool) -> None:
         record = {
