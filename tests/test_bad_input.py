@@ -26,6 +26,7 @@ from conftest import TINY, assert_one_line_error, run_cli, write_dataset
         (["train", "data.val_fraction=1.5"], ["data.val_fraction", "between 0 and 1"]),
         (["train", "data=isbi"], ["data.root is not set"]),
         (["train", "model=bilinear,transposed"], ["is a sweep", "-m"]),
+        (["train", "-m", "--cfg", "job"], ["cannot be combined"]),
         (["train", "-m", "optim.lr=1e-3,-1"], ["optim.lr=-1.0"]),
         (["predict"], ["input is not set"]),
         (["train", "--foo"], ["unrecognized arguments: --foo", "unetseg train --help"]),

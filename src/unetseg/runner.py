@@ -82,7 +82,10 @@ def describe_config_error(command: str, error: Exception, base_cfg: DictConfig |
         group, _, option = missing.rpartition("/")
         close = difflib.get_close_matches(option, error.options, n=1)
         hint = f"did you mean {group}={close[0]}? " if close else ""
-        return f"{group}={option}: no such option; {hint}choose one of: {', '.join(sorted(error.options))}"
+        extra = ""
+        if group.startswith("hydra/launcher"):
+            extra = " (launchers come with extras: pip install 'unetseg[joblib]' or 'unetseg[slurm]')"
+        return f"{group}={option}: no such option; {hint}choose one of: {', '.join(sorted(error.options))}{extra}"
     cause = error.__cause__ if isinstance(error.__cause__, OmegaConfBaseException) else error
     key_match = re.search(r"Could not override '([^']+)'", str(error))
     if key_match or isinstance(cause, (ConfigKeyError, ConfigAttributeError)):
@@ -197,6 +200,23 @@ def run_command(command: str, task: Task, argv: list[str]) -> NoReturn:
 
     parser.error = one_line_error  # type: ignore[method-assign]
     args = parser.parse_args(argv)
+    modes = [
+        name
+        for name, on in (
+            ("-m", args.multirun),
+            ("--cfg", args.cfg),
+            ("--info", args.info),
+            ("-sc", args.shell_completion),
+        )
+        if on
+    ]
+    if len(modes) > 1:
+        print_error(
+            command,
+            f"{' and '.join(modes)} cannot be combined: use one of them per call "
+            f"(e.g. unetseg {command} --cfg hydra hydra/launcher=slurm to check a launcher config)",
+        )
+        sys.exit(EXIT_USER_ERROR)
     asks_hydra = args.help or args.hydra_help or args.shell_completion or args.info or args.cfg
     if not asks_hydra:
         try:

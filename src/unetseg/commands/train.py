@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +20,7 @@ from unetseg.runner import run_command
 
 
 def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    started = time.time()
     typed: TrainConfig = to_typed(cfg)
     check_train(typed)
     console.print(config_tree(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True), title="unetseg train"))  # type: ignore[arg-type]
@@ -37,6 +41,12 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "wall_time_s": result.wall_time_s,
         "checkpoint_best": str(result.best_checkpoint),
         "checkpoint_last": str(result.last_checkpoint),
+    }
+    summary["process"] = {
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "started_unix": started,
+        "finished_unix": time.time(),
     }
     if world.distributed:
         summary["world_size"] = world.size
