@@ -232,8 +232,9 @@ def run_command(command: str, task: Task, argv: list[str]) -> NoReturn:
             argv = [*argv, "hydra.output_subdir=null", "hydra/job_logging=disabled"]
     sys.argv = [sys.argv[0], *argv]
     sweep.reset()
-    try:
-        hydra.main(config_path=config_dir(), config_name=command, version_base="1.3")(guarded(command, task))()
-    finally:
-        distributed.shutdown()
+    hydra.main(config_path=config_dir(), config_name=command, version_base="1.3")(guarded(command, task))()
+    # Leave the process group together: a rank that tears down gloo while another still uses it aborts.
+    # (On an error the rank exits above and torchrun stops the others.)
+    distributed.barrier()
+    distributed.shutdown()
     sys.exit(1 if sweep.failed_jobs() else 0)
