@@ -131,3 +131,11 @@ def test_one_step_on_two_ranks_equals_one_step_with_the_global_batch(tmp_path: P
         tolerance = {"rtol": 1e-3, "atol": 1e-5} if "running_var" in name else {"rtol": 0, "atol": 1e-5}
         assert torch.allclose(trained_ddp[name].float(), value.float(), **tolerance), name
     assert any(not torch.equal(initial[n], trained_alone[n]) for n in initial)  # a step really happened
+
+
+def test_a_failing_run_stops_every_rank(tmp_path: Path) -> None:
+    data = write_dataset(tmp_path / "data", count=4, size=32)
+    result = torchrun("train", "data=folder", f"data.root={data}", *TINY, "trainer.sync_batchnorm=true", cwd=tmp_path)
+    assert result.returncode != 0
+    assert "trainer.sync_batchnorm=true needs CUDA" in result.stderr
+    assert not list((tmp_path / "outputs" / "train").iterdir())  # nothing half-made left behind

@@ -119,6 +119,7 @@ class TrainerConfig:
     precision: Precision = MISSING
     channels_last: bool = MISSING
     compile: bool = MISSING
+    sync_batchnorm: bool = MISSING
 
 
 @dataclass

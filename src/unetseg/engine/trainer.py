@@ -160,7 +160,15 @@ class Trainer:
         seed_everything(t.seed)
         train_items, val_items = load_splits(cfg.data, cfg.model.in_channels, cfg.model.num_classes)
         loader = self._loader(train_items)
-        model = self.fast.prepare_model(self.spec.build())
+        model = self.spec.build()
+        if t.sync_batchnorm and self.world.distributed:
+            if self.device.type != "cuda":
+                raise UserError(
+                    "trainer.sync_batchnorm=true needs CUDA devices (PyTorch's SyncBatchNorm runs on GPUs only); "
+                    "set it to false on CPUs"
+                )
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model = self.fast.prepare_model(model)
         parameters = count_parameters(model)
         optimizer = build_optimizer(model.parameters(), cfg.optim)
         scaler = torch.amp.GradScaler(self.device.type, enabled=self.fast.needs_grad_scaler)
