@@ -6,8 +6,8 @@ Training steps and prediction at 512×512 with the classic 64-wide U-Net (13.4 M
          channels_last on a CPU with AVX512-BF16/AMX), same batch size
 The two paths alternate round by round after a warm-up, so drift in machine load hits both. FLOPs come
 from torch.utils.flop_counter; the bf16 and fp32 rates of a 2048³ matmul, measured in the same run, put
-the convolution throughput in context. Peak memory: CUDA's allocator peak on a GPU; on a CPU the
-process's resident set, sampled every 2 ms while each path runs.
+the convolution throughput in context. Peak memory is measured in a fresh process per path that runs
+only that path's step (CUDA allocator peak on a GPU, peak resident set on a CPU).
 
     python benchmarks/throughput.py [--device auto] [--rounds 3] [--size 512] [--json out.json]
 """
@@ -17,7 +17,9 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import threading
+import resource
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,38 +37,53 @@ from unetseg.model import ModelSpec, fold_batchnorm
 CLASSIC = ModelSpec("bilinear", in_channels=1, num_classes=1, base_channels=64, depth=4)
 
 
-def rss_bytes() -> int:
-    with open("/proc/self/statm") as handle:
-        return int(handle.read().split()[1]) * 4096
+def isolated_peak_memory_mib(task: str, path: str, args: argparse.Namespace) -> float:
+    """Peak memory of a fresh process that runs only this path's step (so neither path's allocations, nor
+    memory the allocator kept from the other path, count against it): CUDA allocator peak on a GPU,
+    the process's peak resident set (ru_maxrss) on a CPU."""
+    command = [
+        sys.executable,
+        __file__,
+        "--device",
+        args.device,
+        "--size",
+        str(args.size),
+        "--batch",
+        str(args.batch),
+        "--isolated",
+        f"{task}:{path}",
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, check=True)
+    return float(result.stdout.strip().splitlines()[-1])
 
 
-class PeakMemory:
-    """Peak memory while the block runs (CUDA allocator peak, or sampled RSS on a CPU)."""
+def run_isolated(spec: str, device: torch.device, size: int, batch: int) -> None:
+    task, path = spec.split(":")
+    fast = (
+        choose_fast_path(device, "fp32", channels_last=False)
+        if path == "plain"
+        else choose_fast_path(device, "auto", channels_last=True)
+    )
+    make_step = {"train": training_step, "predict": prediction_step}[task]
+    step = make_step(fast, 1 if path == "plain" else batch, size, path == "fast")
+    for _ in range(2):
+        step()
+    synchronize(device)
+    if device.type == "cuda":
+        print(torch.cuda.max_memory_allocated(device) / 2**20)
+    else:
+        print(peak_rss_kib() / 1024)
 
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.peak = 0
-        self._stop = threading.Event()
 
-    def _sample(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, rss_bytes())
-            time.sleep(0.002)
-
-    def __enter__(self) -> PeakMemory:
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
-        elif Path("/proc/self/statm").exists():
-            self._thread = threading.Thread(target=self._sample, daemon=True)
-            self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.device.type == "cuda":
-            self.peak = torch.cuda.max_memory_allocated(self.device)
-        elif hasattr(self, "_thread"):
-            self._stop.set()
-            self._thread.join()
+def peak_rss_kib() -> float:
+    """This process's peak resident set. VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the
+    parent across fork and exec, so a small child started by a big parent would report the parent's."""
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return float(line.split()[1])
+    return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)  # KiB on Linux, bytes on macOS
 
 
 def synchronize(device: torch.device) -> None:
@@ -80,10 +97,10 @@ class Contender:
     fast: FastPath
     step: Callable[[], None] = field(repr=False)
     seconds: list[float] = field(default_factory=list)
-    peak: int = 0
 
 
 def training_step(fast: FastPath, batch: int, size: int, optimized: bool) -> Callable[[], None]:
+    """One optimiser step (``optimized`` changes nothing here: BatchNorm cannot be folded while training)."""
     model = fast.prepare_model(CLASSIC.build()).train()
     optimizer = torch.optim.RMSprop(model.parameters(), lr=1e-5, momentum=0.9, weight_decay=1e-8)
     scaler = torch.amp.GradScaler(fast.device.type, enabled=fast.needs_grad_scaler)
@@ -144,13 +161,11 @@ def measure(paths: list[Contender], rounds: int, steps: int, warmup: int) -> Non
         synchronize(path.fast.device)
     for _ in range(rounds):
         for path in paths:  # alternate: plain, fast, plain, fast, ...
-            with PeakMemory(path.fast.device) as memory:
-                started = time.perf_counter()
-                for _ in range(steps):
-                    path.step()
-                synchronize(path.fast.device)
-                path.seconds.append((time.perf_counter() - started) / steps)
-            path.peak = max(path.peak, memory.peak)
+            started = time.perf_counter()
+            for _ in range(steps):
+                path.step()
+            synchronize(path.fast.device)
+            path.seconds.append((time.perf_counter() - started) / steps)
 
 
 def main() -> None:
@@ -162,9 +177,13 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--batch", type=int, default=1, help="batch size of the fast path (plain is always 1)")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--isolated", help=argparse.SUPPRESS)  # internal: TASK:PATH, print its peak memory
     args = parser.parse_args()
 
     device = resolve_device(args.device)
+    if args.isolated:
+        run_isolated(args.isolated, device, args.size, args.batch)
+        return
     plain = choose_fast_path(device, "fp32", channels_last=False)
     fast = choose_fast_path(device, "auto", channels_last=True)
     print(f"device: {device} ({platform.processor() or platform.machine()}), torch {torch.__version__}")
@@ -197,7 +216,7 @@ def main() -> None:
                 "images_per_s": round(images_per_s, 3),
                 "seconds_per_step": [round(s, 3) for s in path.seconds],
                 "gflops": round(images_per_s * flops_per_image / 1e9, 1),
-                "peak_memory_mib": round(path.peak / 2**20),
+                "peak_memory_mib": round(isolated_peak_memory_mib(task, path.name, args)),
             }
         ratio = row["fast"]["images_per_s"] / row["plain"]["images_per_s"]  # type: ignore[index]
         row["speedup"] = round(ratio, 2)

@@ -80,6 +80,13 @@ def gather_objects(value: object) -> list[object]:
     return gathered
 
 
+def broadcast_buffers(module: torch.nn.Module) -> None:
+    """Copy rank 0's buffers (BatchNorm running statistics) to every rank."""
+    if current_world().distributed:
+        for buffer in module.buffers():
+            dist.broadcast(buffer, src=0)
+
+
 def barrier() -> None:
     if current_world().distributed:
         dist.barrier()

@@ -184,6 +184,7 @@ def _remove_if_empty_run(run_dir: Path) -> None:
 
 
 def _record_failure(run_dir: Path, message: str) -> None:
+    sweep.record_failure()
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(run_dir / "metrics.json", json.dumps({"status": "failed", "error": message}, indent=2))
 

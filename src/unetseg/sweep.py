@@ -37,13 +37,21 @@ COLUMNS = [
 _failed = 0
 
 
+_failed_here = 0  # jobs that failed in this process (any command; the callback covers train's launchers)
+
+
 def reset() -> None:
-    global _failed
-    _failed = 0
+    global _failed, _failed_here
+    _failed = _failed_here = 0
+
+
+def record_failure() -> None:
+    global _failed_here
+    _failed_here += 1
 
 
 def failed_jobs() -> int:
-    return _failed
+    return max(_failed, _failed_here)
 
 
 def _job_row(job_dir: Path) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 from unetseg.config import PredictConfig, check_predict, to_typed
 from unetseg.console import console, progress_bars
 from unetseg.data.io import IMAGE_SUFFIXES, list_images, read_image, write_png_atomic
-from unetseg.distributed import World, barrier, current_world
+from unetseg.distributed import World, barrier, broadcast_from_main, current_world
 from unetseg.distributed import any_rank as distributed_any
 from unetseg.engine.checkpoint import load_checkpoint
 from unetseg.engine.device import resolve_device
@@ -91,7 +91,8 @@ def predict(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     if typed.checkpoint:
         checkpoint_path = user_path(typed.checkpoint)
     else:
-        checkpoint_path = newest_checkpoint(user_path(typed.runs_root))
+        # Under torchrun, rank 0 chooses, so that a run finishing meanwhile cannot split the ranks.
+        checkpoint_path = Path(str(broadcast_from_main(str(newest_checkpoint(user_path(typed.runs_root))))))
         console.print(f"checkpoint not given: using the newest, {checkpoint_path}")
     world = current_world()
     device = resolve_device(typed.device)

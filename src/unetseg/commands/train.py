@@ -29,6 +29,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     world = current_world()
     if world.distributed:
         ranks_best = gather_objects(result.best)  # the all-reduced metrics must agree on every rank
+        if world.is_main and any(best != ranks_best[0] for best in ranks_best):
+            raise RuntimeError(f"validation metrics differ between ranks: {ranks_best}")
         if not world.is_main:
             return {}
     summary = {

@@ -35,8 +35,6 @@ def encode_label(label: np.ndarray, num_classes: int, encoding: str, path: Path)
         if values.size == 2 and values[0] != 0:
             return (label == values[1]).astype(np.uint8)
         return (label > 0).astype(np.uint8)
-    if values.size == 2 and values[-1] == 255 and num_classes == 2:
-        return (label > 0).astype(np.uint8)
     if values[-1] >= num_classes:
         raise UserError(
             f"label {path} contains value {values[-1]} but model.num_classes={num_classes}: labels must be "

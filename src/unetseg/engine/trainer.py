@@ -21,7 +21,7 @@ from unetseg.config import LossName, TrainConfig
 from unetseg.console import console, metrics_table, progress_bars
 from unetseg.data.dataset import LabelledImages, SegmentationDataset, load_splits
 from unetseg.data.normalize import PercentileNormalizer
-from unetseg.distributed import all_reduce_sum, current_world
+from unetseg.distributed import all_reduce_sum, broadcast_buffers, current_world
 from unetseg.engine.checkpoint import Checkpoint, save_checkpoint
 from unetseg.engine.device import resolve_device
 from unetseg.engine.losses import compute_loss
@@ -140,7 +140,8 @@ class Trainer:
             persistent_workers=workers > 0,
             generator=torch.Generator().manual_seed(t.seed),
             pin_memory=on_gpu,
-            drop_last=len(dataset) > t.batch_size,  # a trailing 1-image batch skews BatchNorm statistics
+            # A trailing 1-image batch skews BatchNorm statistics; never drop a rank's only batch.
+            drop_last=(len(sampler) if sampler is not None else len(dataset)) > t.batch_size,
         )
 
     def _checkpoint(self, model: torch.nn.Module, epoch: int, metrics: dict[str, float]) -> Checkpoint:
@@ -199,6 +200,9 @@ class Trainer:
                     loader.sampler.set_epoch(epoch)
                 progress.reset(batches_task, total=len(loader), status="")
                 train_loss = self._train_epoch(network, optimizer, scaler, loader, progress, batches_task)
+                # Each rank's last forward pass updated its own BatchNorm running statistics: validate (and
+                # save) rank 0's, on every rank.
+                broadcast_buffers(model)
                 last = {
                     "train_loss": train_loss,
                     **evaluate(evaluated, val_items, t.loss, t.threshold, self.class_names, self.fast),
@@ -207,9 +211,10 @@ class Trainer:
                 if improved:
                     best, best_epoch = last, epoch
                 if self.world.is_main:
+                    checkpoint = self._checkpoint(model, epoch, last)
                     if improved:
-                        save_checkpoint(self._checkpoint(model, epoch, last), self.checkpoint_dir / "best.pt")
-                    save_checkpoint(self._checkpoint(model, epoch, last), self.checkpoint_dir / "last.pt")
+                        save_checkpoint(checkpoint, self.checkpoint_dir / "best.pt")
+                    save_checkpoint(checkpoint, self.checkpoint_dir / "last.pt")
                     self._append_metrics(epoch, last, time.perf_counter() - epoch_started, improved)
                 status = f"val Dice {last['dice']:.4f} (best {best['dice']:.4f} @ {best_epoch})"
                 progress.update(epochs_task, advance=1, status=status)
