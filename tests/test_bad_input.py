@@ -159,3 +159,9 @@ def test_output_inside_input_folder_is_refused(tmp_path: Path, images: Path, out
     result = run_cli("predict", f"input={images}", f"output={output.format(images=images)}", cwd=tmp_path)
     assert_one_line_error(result, "inside the input folder")
     assert sorted(p.name for p in images.iterdir()) == before
+
+
+def test_a_failing_predict_sweep_job_sets_the_exit_code(tmp_path: Path, images: Path) -> None:
+    result = run_cli("predict", "-m", f"input={images},missing", "checkpoint=nope.pt", cwd=tmp_path)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
