@@ -43,6 +43,12 @@ class Precision(str, Enum):
     fp16 = "fp16"
 
 
+class TestTimeAugmentation(str, Enum):
+    none = "none"
+    flip = "flip"
+    d4 = "d4"
+
+
 class DataSource(str, Enum):
     folder = "folder"
     synthetic = "synthetic"
@@ -139,6 +145,11 @@ class PredictConfig:
     device: str = MISSING
     precision: Precision = MISSING
     channels_last: bool = MISSING
+    tile_size: int | None = MISSING
+    overlap: float = MISSING
+    gaussian: bool = MISSING
+    batch_size: int = MISSING
+    tta: TestTimeAugmentation = MISSING
     overwrite: bool = MISSING
     runs_root: str = MISSING
 
@@ -228,6 +239,12 @@ def check_predict(cfg: PredictConfig) -> None:
     )
     if cfg.threshold is not None:
         _require(0 < cfg.threshold < 1, f"threshold={cfg.threshold}: must be strictly between 0 and 1")
+    _require(0 <= cfg.overlap < 1, f"overlap={cfg.overlap}: must be in [0, 1) (0.5 = tiles overlap by half)")
+    _require(cfg.batch_size >= 1, f"batch_size={cfg.batch_size}: must be at least 1")
+    _require(
+        cfg.tile_size is None or cfg.tile_size >= 16,
+        f"tile_size={cfg.tile_size}: must be at least 16 pixels, or null to run each image whole",
+    )
     _check_device(cfg.device, "device")
 
 

@@ -19,7 +19,7 @@ from unetseg.distributed import any_rank as distributed_any
 from unetseg.engine.checkpoint import load_checkpoint
 from unetseg.engine.device import resolve_device
 from unetseg.engine.precision import choose_fast_path
-from unetseg.engine.predictor import Predictor, newest_checkpoint
+from unetseg.engine.predictor import Predictor, Tiling, newest_checkpoint
 from unetseg.errors import EXIT_USER_ERROR, UserError
 from unetseg.paths import user_path
 from unetseg.runner import run_command
@@ -101,7 +101,8 @@ def predict(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     fast = choose_fast_path(device, typed.precision.value, typed.channels_last)
     ranks = f" · {world.size} processes, each predicts 1/{world.size} of the files" if world.distributed else ""
     console.print(f"[bold]{fast.describe()}{ranks}[/]")
-    predictor = Predictor(load_checkpoint(checkpoint_path), fast, typed.threshold)
+    tiling = Tiling(typed.tile_size, typed.overlap, typed.gaussian, typed.batch_size, typed.tta.value)
+    predictor = Predictor(load_checkpoint(checkpoint_path), fast, typed.threshold, tiling)
 
     # Under torchrun each rank takes every world.size-th file; alone, this is every file.
     shard = list(zip(images, targets, strict=True))[world.rank :: world.size]

@@ -2,23 +2,44 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from unetseg.engine.checkpoint import Checkpoint
-from unetseg.engine.metrics import predict_classes
 from unetseg.engine.precision import FastPath
+from unetseg.engine.sliding_window import sliding_window, with_tta
 from unetseg.errors import UserError
 from unetseg.model import fold_batchnorm
 
 
+@dataclass(frozen=True)
+class Tiling:
+    """How to cut large images: ``tile`` None runs each image whole."""
+
+    tile: int | None = None
+    overlap: float = 0.5
+    gaussian: bool = True
+    batch_size: int = 4
+    tta: str = "none"
+
+
 class Predictor:
-    def __init__(self, checkpoint: Checkpoint, fast: FastPath, threshold: float | None = None) -> None:
+    def __init__(
+        self, checkpoint: Checkpoint, fast: FastPath, threshold: float | None = None, tiling: Tiling | None = None
+    ) -> None:
         self.checkpoint = checkpoint
         self.fast = fast
         self.threshold = checkpoint.threshold if threshold is None else threshold
+        self.tiling = tiling or Tiling()
+        minimum = 2**checkpoint.model.depth
+        if self.tiling.tile is not None and self.tiling.tile < minimum:
+            raise UserError(
+                f"tile_size={self.tiling.tile} is smaller than this network's minimum input ({minimum} px for "
+                f"depth {checkpoint.model.depth}): use a larger tile_size"
+            )
         model = checkpoint.model.build()
         model.load_state_dict(checkpoint.state_dict)
         self.model = fast.prepare_model(fold_batchnorm(model.eval()))
@@ -31,13 +52,30 @@ class Predictor:
     def num_classes(self) -> int:
         return max(2, self.checkpoint.model.num_classes)
 
-    @torch.inference_mode()
-    def predict(self, image: np.ndarray) -> np.ndarray:
-        """Raw (C, H, W) image of any dtype → (H, W) uint8 class ids (sigmoid ≥ threshold, or argmax)."""
-        x = self.fast.prepare_input(torch.from_numpy(self.checkpoint.normalization(image))[None])
+    def _probabilities(self, batch: torch.Tensor) -> torch.Tensor:
+        """(N, C, h, w) normalised → (N, K, h, w): sigmoid of a single logit, softmax of several."""
         with self.fast.autocast():
-            logits = self.model(x)
-        return predict_classes(logits, self.threshold)[0].to(torch.uint8).cpu().numpy()
+            logits = self.model(self.fast.prepare_input(batch)).float()
+        return torch.sigmoid(logits) if logits.shape[1] == 1 else torch.softmax(logits, dim=1)
+
+    @torch.inference_mode()
+    def probabilities(self, image: np.ndarray) -> np.ndarray:
+        """Raw (C, H, W) image of any dtype → (K, H, W) float32 probabilities (K = 1 for a binary net)."""
+        x = torch.from_numpy(self.checkpoint.normalization(image))
+        forward = with_tta(self._probabilities, self.tiling.tta)
+        t = self.tiling
+        if t.tile is None:
+            return forward(x[None])[0].cpu().numpy()
+        return sliding_window(
+            x, forward, t.tile, t.overlap, t.gaussian, t.batch_size, self.checkpoint.model.num_classes
+        )
+
+    def predict(self, image: np.ndarray) -> np.ndarray:
+        """Raw (C, H, W) image → (H, W) uint8 class ids: probability ≥ threshold, or argmax."""
+        probabilities = self.probabilities(image)
+        if probabilities.shape[0] == 1:
+            return (probabilities[0] >= self.threshold).astype(np.uint8)
+        return probabilities.argmax(axis=0).astype(np.uint8)
 
     def to_png_values(self, classes: np.ndarray) -> np.ndarray:
         """Class ids → visible grey levels: 0/255 for a binary mask, evenly spread for several classes."""

@@ -1,0 +1,98 @@
+"""Sliding-window inference and test-time augmentation."""
+
+from functools import lru_cache
+
+import numpy as np
+import pytest
+import torch
+
+from unetseg.config import LossName
+from unetseg.data.normalize import PercentileNormalizer
+from unetseg.data.synthetic import synthetic_pair
+from unetseg.engine.checkpoint import Checkpoint
+from unetseg.engine.losses import compute_loss
+from unetseg.engine.precision import choose_fast_path
+from unetseg.engine.predictor import Predictor, Tiling
+from unetseg.engine.sliding_window import dihedral_transforms, importance_map, tile_starts, with_tta
+from unetseg.errors import UserError
+from unetseg.model import ModelSpec
+
+FP32 = choose_fast_path(torch.device("cpu"), "fp32", channels_last=False)
+
+
+@lru_cache(maxsize=2)
+def checkpoint(num_classes: int = 1) -> Checkpoint:
+    """A small network trained for a few seconds on synthetic data, so its output follows the image."""
+    torch.manual_seed(0)
+    spec = ModelSpec("bilinear", 1, num_classes, 8, 3)
+    model = spec.build().train()
+    normalizer = PercentileNormalizer(0.5, 99.5)
+    pairs = [synthetic_pair(3, index, 64) for index in range(8)]
+    images = torch.from_numpy(np.stack([normalizer(image[None]) for image, _ in pairs]))
+    labels = torch.from_numpy(np.stack([label for _, label in pairs]).astype(np.int64))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(40):
+        loss = compute_loss(LossName.bce, model(images), labels.clamp(max=num_classes - 1 if num_classes > 1 else 1))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    names = ["a", "b", "c"][: max(2, num_classes)]
+    return Checkpoint(model.state_dict(), spec, normalizer, names, 0.5, 1, {})
+
+
+def test_tiles_cover_the_image() -> None:
+    assert tile_starts(100, 128, 0.5) == [0]
+    assert tile_starts(300, 128, 0.5) == [0, 64, 128, 172]
+    assert tile_starts(256, 128, 0.0) == [0, 128]
+
+
+def test_gaussian_weights_peak_in_the_centre() -> None:
+    weights = importance_map(64, gaussian=True)
+    assert weights.shape == (64, 64) and weights.max() == 1.0 and weights.min() > 0
+    assert weights[32, 32] > weights[32, 8] > weights[0, 0]
+    assert (importance_map(64, gaussian=False) == 1).all()
+
+
+@pytest.mark.parametrize("num_classes", [1, 3])
+def test_tiled_and_whole_image_predictions_agree_in_the_interior(num_classes: int) -> None:
+    image = synthetic_pair(0, 0, 200)[0][None]
+    ck = checkpoint(num_classes)
+    whole = Predictor(ck, FP32).probabilities(image)
+    assert whole.std() > 0.05  # the network's output varies across the image
+    for tile in (64, 96):
+        tiled = Predictor(ck, FP32, tiling=Tiling(tile=tile, overlap=0.5)).probabilities(image)
+        assert tiled.shape == whole.shape
+        interior = (slice(None), slice(24, -24), slice(24, -24))
+        assert np.abs(whole - tiled)[interior].mean() < 0.02  # tile edges see less context: small differences
+        if num_classes == 1:
+            same = ((whole >= 0.5) == (tiled >= 0.5))[interior]
+        else:
+            same = whole.argmax(0)[24:-24, 24:-24] == tiled.argmax(0)[24:-24, 24:-24]
+        assert same.mean() > 0.98, same.mean()
+
+
+def test_images_smaller_than_a_tile_and_odd_sizes() -> None:
+    predictor = Predictor(checkpoint(), FP32, tiling=Tiling(tile=64))
+    for size in ((5, 7), (40, 64), (65, 129)):
+        image = np.random.default_rng(0).integers(0, 255, (1, *size)).astype(np.uint8)
+        assert predictor.predict(image).shape == size
+
+
+def test_tile_smaller_than_the_network_minimum_is_refused() -> None:
+    with pytest.raises(UserError, match="minimum input"):
+        Predictor(checkpoint(), FP32, tiling=Tiling(tile=4))
+
+
+@pytest.mark.parametrize("tta", ["flip", "d4"])
+def test_tta_inverts_every_transform(tta: str) -> None:
+    """With an identity 'network', averaging the mapped-back outputs must return the input exactly."""
+    x = torch.rand(2, 1, 12, 12)
+    assert len(dihedral_transforms(tta)) == (4 if tta == "flip" else 8)
+    assert torch.allclose(with_tta(lambda batch: batch, tta)(x), x)
+
+
+def test_tta_changes_little_on_a_sharp_network() -> None:
+    image = synthetic_pair(0, 2, 96)[0][None]
+    plain = Predictor(checkpoint(), FP32, tiling=Tiling(tile=64)).predict(image)
+    averaged = Predictor(checkpoint(), FP32, tiling=Tiling(tile=64, tta="d4")).predict(image)
+    assert (plain == averaged).mean() > 0.8
