@@ -29,6 +29,8 @@ from conftest import TINY, assert_one_line_error, run_cli, write_dataset
         (["train", "-m", "--cfg", "job"], ["cannot be combined"]),
         (["train", "-m", "optim.lr=1e-3,-1"], ["optim.lr=-1.0"]),
         (["predict"], ["input is not set"]),
+        (["predict", "input=x", "save=[mask,heatmap]"], ["save=", "mask, probability, overlay"]),
+        (["predict", "input=x", "overlap=1"], ["overlap=1.0", "[0, 1)"]),
         (["train", "--foo"], ["unrecognized arguments: --foo", "unetseg train --help"]),
         (["train", "model"], ["'model' is not an override", "KEY=VALUE"]),
         (["train", "data.root=somewhere"], ["data=synthetic makes its own images", "data=isbi"]),

@@ -94,10 +94,18 @@ def test_train_then_predict(tmp_path: Path, dataset: Path) -> None:
         f"output={tmp_path / 'one'}",
         f"checkpoint={run_dir / 'checkpoints' / 'last.pt'}",
         "threshold=0.3",
+        "save=[mask,probability,overlay]",
+        "tta=flip",
         cwd=tmp_path,
     )
     assert single.returncode == 0, single.stderr
-    assert [p.name for p in (tmp_path / "one").iterdir()] == ["1.png"]
+    assert sorted(p.name for p in (tmp_path / "one").iterdir()) == ["1.png", "1_overlay.png", "1_probability.png"]
+    probability = cv2.imread(str(tmp_path / "one" / "1_probability.png"), cv2.IMREAD_UNCHANGED)
+    mask = cv2.imread(str(tmp_path / "one" / "1.png"), cv2.IMREAD_UNCHANGED)
+    assert probability.dtype == np.uint16
+    # the mask is the probability map thresholded at 0.3 (16-bit rounding may flip a pixel at the threshold)
+    assert ((mask == 255) == (probability / 65535 >= 0.3)).mean() > 0.999
+    assert cv2.imread(str(tmp_path / "one" / "1_overlay.png")).shape == (41, 41, 3)
     again = run_cli("predict", f"input={test_images / '1.png'}", f"output={tmp_path / 'one'}", cwd=tmp_path)
     assert_one_line_error(again, "already exist", "overwrite=true")
 

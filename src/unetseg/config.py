@@ -150,6 +150,7 @@ class PredictConfig:
     gaussian: bool = MISSING
     batch_size: int = MISSING
     tta: TestTimeAugmentation = MISSING
+    save: list[str] = MISSING
     overwrite: bool = MISSING
     runs_root: str = MISSING
 
@@ -241,6 +242,11 @@ def check_predict(cfg: PredictConfig) -> None:
         _require(0 < cfg.threshold < 1, f"threshold={cfg.threshold}: must be strictly between 0 and 1")
     _require(0 <= cfg.overlap < 1, f"overlap={cfg.overlap}: must be in [0, 1) (0.5 = tiles overlap by half)")
     _require(cfg.batch_size >= 1, f"batch_size={cfg.batch_size}: must be at least 1")
+    unknown = [kind for kind in cfg.save if kind not in ("mask", "probability", "overlay")]
+    _require(
+        bool(cfg.save) and not unknown,
+        f"save={list(cfg.save)}: choose one or more of mask, probability, overlay (e.g. save=[mask,overlay])",
+    )
     _require(
         cfg.tile_size is None or cfg.tile_size >= 16,
         f"tile_size={cfg.tile_size}: must be at least 16 pixels, or null to run each image whole",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,11 +14,12 @@ from omegaconf import DictConfig
 
 from unetseg.config import PredictConfig, check_predict, to_typed
 from unetseg.console import console, progress_bars
-from unetseg.data.io import IMAGE_SUFFIXES, list_images, read_image, write_png_atomic
+from unetseg.data.io import IMAGE_SUFFIXES, list_images, read_image
 from unetseg.distributed import World, barrier, broadcast_from_main, current_world
 from unetseg.distributed import any_rank as distributed_any
 from unetseg.engine.checkpoint import load_checkpoint
 from unetseg.engine.device import resolve_device
+from unetseg.engine.outputs import output_names, write_outputs
 from unetseg.engine.precision import choose_fast_path
 from unetseg.engine.predictor import Predictor, Tiling, newest_checkpoint
 from unetseg.errors import EXIT_USER_ERROR, UserError
@@ -43,26 +45,29 @@ def input_images(path: Path) -> tuple[list[Path], Path]:
     return images, path
 
 
-def mask_paths(images: list[Path], input_dir: Path, output: Path, overwrite: bool) -> list[Path]:
-    """``output/<stem>.png`` for each image, refusing anything that would overwrite inputs or old masks."""
+def check_output_folder(images: list[Path], input_dir: Path, output: Path) -> None:
+    """Refuse an output folder inside the input folder and two inputs that would write the same file."""
     if output == input_dir or input_dir in output.parents:
         raise UserError(
             f"output {output} is inside the input folder {input_dir}: masks are never written among the "
             "inputs; choose another output= (or leave it unset for a new run directory)"
         )
-    targets: dict[Path, Path] = {}
+    writers: dict[str, Path] = {}
     for image in images:
-        target = output / f"{image.stem}.png"
-        if target in targets:
-            raise UserError(f"{targets[target].name} and {image.name} would both write {target.name}: rename one")
-        targets[target] = image
-    existing = [t for t in targets if t.exists()]
+        name = f"{image.stem}.png"
+        if name in writers:
+            raise UserError(f"{writers[name].name} and {image.name} would both write {name}: rename one")
+        writers[name] = image
+
+
+def refuse_existing(images: list[Path], output: Path, overwrite: bool, names: Callable[[str], list[str]]) -> None:
+    """Existing output files are replaced only with ``overwrite``; checked before anything is written."""
+    existing = [name for image in images for name in names(image.stem) if (output / name).exists()]
     if existing and not overwrite:
         raise UserError(
-            f"{len(existing)} mask(s) already exist in {output} (e.g. {existing[0].name}): "
+            f"{len(existing)} output file(s) already exist in {output} (e.g. {existing[0]}): "
             "choose another output= or set overwrite=true"
         )
-    return list(targets)
 
 
 def check_inputs_everywhere(images: list[Path], channels: int, world: World) -> None:
@@ -86,7 +91,7 @@ def predict(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     assert typed.input is not None
     images, input_dir = input_images(user_path(typed.input))
     output = user_path(typed.output) if typed.output else run_dir
-    targets = mask_paths(images, input_dir, output, typed.overwrite)
+    check_output_folder(images, input_dir, output)
 
     if typed.checkpoint:
         checkpoint_path = user_path(typed.checkpoint)
@@ -102,18 +107,37 @@ def predict(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     ranks = f" · {world.size} processes, each predicts 1/{world.size} of the files" if world.distributed else ""
     console.print(f"[bold]{fast.describe()}{ranks}[/]")
     tiling = Tiling(typed.tile_size, typed.overlap, typed.gaussian, typed.batch_size, typed.tta.value)
-    predictor = Predictor(load_checkpoint(checkpoint_path), fast, typed.threshold, tiling)
+    checkpoint = load_checkpoint(checkpoint_path)
+    predictor = Predictor(checkpoint, fast, typed.threshold, tiling)
+    kinds = list(typed.save)
+    class_names = checkpoint.class_names
+
+    def names(stem: str) -> list[str]:
+        return output_names(stem, kinds, class_names, checkpoint.model.num_classes)
+
+    refuse_existing(images, output, typed.overwrite, names)
 
     # Under torchrun each rank takes every world.size-th file; alone, this is every file.
-    shard = list(zip(images, targets, strict=True))[world.rank :: world.size]
-    check_inputs_everywhere([image for image, _ in shard], predictor.in_channels, world)
+    shard = images[world.rank :: world.size]
+    check_inputs_everywhere(shard, predictor.in_channels, world)
     output.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     with progress_bars() as progress:
         task = progress.add_task("images", total=len(shard), status="")
-        for image_path, target in shard:
-            classes = predictor.predict(read_image(image_path, predictor.in_channels))
-            write_png_atomic(target, predictor.to_png_values(classes))
+        for image_path in shard:
+            normalised = predictor.normalise(read_image(image_path, predictor.in_channels))
+            probabilities = predictor.probabilities_of(normalised)
+            classes = predictor.classes_of(probabilities)
+            write_outputs(
+                output,
+                image_path.stem,
+                kinds,
+                normalised,
+                probabilities,
+                classes,
+                predictor.to_png_values(classes),
+                class_names,
+            )
             progress.update(task, advance=1, status=image_path.name)
     barrier()  # the summary below counts every rank's masks
     seconds = time.perf_counter() - started

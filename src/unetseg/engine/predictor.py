@@ -58,10 +58,18 @@ class Predictor:
             logits = self.model(self.fast.prepare_input(batch)).float()
         return torch.sigmoid(logits) if logits.shape[1] == 1 else torch.softmax(logits, dim=1)
 
-    @torch.inference_mode()
+    def normalise(self, image: np.ndarray) -> np.ndarray:
+        """Raw (C, H, W) image of any dtype → float32 in [0, 1], exactly as in training."""
+        return self.checkpoint.normalization(image)
+
     def probabilities(self, image: np.ndarray) -> np.ndarray:
         """Raw (C, H, W) image of any dtype → (K, H, W) float32 probabilities (K = 1 for a binary net)."""
-        x = torch.from_numpy(self.checkpoint.normalization(image))
+        return self.probabilities_of(self.normalise(image))
+
+    @torch.inference_mode()
+    def probabilities_of(self, normalised: np.ndarray) -> np.ndarray:
+        """Normalised (C, H, W) image → (K, H, W) float32 probabilities."""
+        x = torch.from_numpy(normalised)
         forward = with_tta(self._probabilities, self.tiling.tta)
         t = self.tiling
         if t.tile is None:
@@ -72,7 +80,9 @@ class Predictor:
 
     def predict(self, image: np.ndarray) -> np.ndarray:
         """Raw (C, H, W) image → (H, W) uint8 class ids: probability ≥ threshold, or argmax."""
-        probabilities = self.probabilities(image)
+        return self.classes_of(self.probabilities(image))
+
+    def classes_of(self, probabilities: np.ndarray) -> np.ndarray:
         if probabilities.shape[0] == 1:
             return (probabilities[0] >= self.threshold).astype(np.uint8)
         return probabilities.argmax(axis=0).astype(np.uint8)
