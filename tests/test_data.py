@@ -185,14 +185,14 @@ def folder_config(root: Path, **overrides: object) -> DataConfig:
 
 def test_validation_is_the_last_block_in_natural_order(tmp_path: Path) -> None:
     root = write_dataset(tmp_path / "d", count=12, size=24)
-    train, val = load_splits(folder_config(root, val_fraction=0.25), channels=1, num_classes=1)
+    train, val = load_splits(folder_config(root, val_fraction=0.25), 1, 1, NORMALIZER)
     assert train.names == [str(i) for i in range(9)] and val.names == ["9", "10", "11"]
 
 
 def test_separate_validation_folder(tmp_path: Path) -> None:
     root = write_dataset(tmp_path / "d", count=4, size=24)
     val_root = write_dataset(tmp_path / "v", count=2, size=24, seed=5)
-    train, val = load_splits(folder_config(root, val_root=str(val_root)), channels=1, num_classes=1)
+    train, val = load_splits(folder_config(root, val_root=str(val_root)), 1, 1, NORMALIZER)
     assert len(train) == 4 and len(val) == 2
 
 
@@ -201,5 +201,5 @@ def test_colour_training_images(tmp_path: Path) -> None:
     for path in (root / "image").iterdir():
         gray = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
         cv2.imwrite(str(path), np.dstack([gray, gray // 2, 255 - gray]))
-    train, _ = load_splits(folder_config(root), channels=3, num_classes=1)
+    train, _ = load_splits(folder_config(root), 3, 1, NORMALIZER)
     assert train.images[0].shape == (3, 24, 24) and train.images[0].dtype == np.float32

@@ -91,9 +91,10 @@ def synthetic_images(count: int, size: int, seed: int, normalizer: PercentileNor
     )
 
 
-def load_splits(data: DataConfig, channels: int, num_classes: int) -> tuple[LabelledImages, LabelledImages]:
-    """The training and validation sets that ``data`` describes."""
-    normalizer = PercentileNormalizer(data.normalization.low_percentile, data.normalization.high_percentile)
+def load_splits(
+    data: DataConfig, channels: int, num_classes: int, normalizer: PercentileNormalizer
+) -> tuple[LabelledImages, LabelledImages]:
+    """The training and validation sets that ``data`` describes, normalised by ``normalizer``."""
     if data.source == DataSource.synthetic:
         if channels != 1:
             raise UserError("data=synthetic makes grayscale images: use model.in_channels=1")

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from unetseg.engine.checkpoint import Checkpoint
+from unetseg.engine.metrics import classes_from_probabilities, to_probabilities
 from unetseg.engine.precision import FastPath
 from unetseg.engine.sliding_window import sliding_window, with_tta
 from unetseg.errors import UserError
@@ -55,8 +56,7 @@ class Predictor:
     def _probabilities(self, batch: torch.Tensor) -> torch.Tensor:
         """(N, C, h, w) normalised → (N, K, h, w): sigmoid of a single logit, softmax of several."""
         with self.fast.autocast():
-            logits = self.model(self.fast.prepare_input(batch)).float()
-        return torch.sigmoid(logits) if logits.shape[1] == 1 else torch.softmax(logits, dim=1)
+            return to_probabilities(self.model(self.fast.prepare_input(batch)))
 
     def normalise(self, image: np.ndarray) -> np.ndarray:
         """Raw (C, H, W) image of any dtype → float32 in [0, 1], exactly as in training."""
@@ -83,9 +83,9 @@ class Predictor:
         return self.classes_of(self.probabilities(image))
 
     def classes_of(self, probabilities: np.ndarray) -> np.ndarray:
-        if probabilities.shape[0] == 1:
-            return (probabilities[0] >= self.threshold).astype(np.uint8)
-        return probabilities.argmax(axis=0).astype(np.uint8)
+        """(K, H, W) probabilities → (H, W) uint8 class ids."""
+        classes = classes_from_probabilities(torch.from_numpy(probabilities)[None], self.threshold)
+        return classes[0].to(torch.uint8).numpy()
 
     def to_png_values(self, classes: np.ndarray) -> np.ndarray:
         """Class ids → visible grey levels: 0/255 for a binary mask, evenly spread for several classes."""

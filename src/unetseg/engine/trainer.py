@@ -159,7 +159,7 @@ class Trainer:
         cfg, t = self.cfg, self.cfg.trainer
         started = time.perf_counter()
         seed_everything(t.seed)
-        train_items, val_items = load_splits(cfg.data, cfg.model.in_channels, cfg.model.num_classes)
+        train_items, val_items = load_splits(cfg.data, cfg.model.in_channels, cfg.model.num_classes, self.normalizer)
         loader = self._loader(train_items)
         model = self.spec.build()
         if t.sync_batchnorm and self.world.distributed:
