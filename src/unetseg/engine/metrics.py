@@ -52,7 +52,7 @@ class ConfusionMatrix:
         result: dict[str, float] = {
             "dice": dice.mean().item(),
             "iou": iou.mean().item(),
-            "pixel_accuracy": (tp.sum() / counts.sum().clamp(min=1)).item(),
+            "pixel_error": 1.0 - (tp.sum() / counts.sum().clamp(min=1)).item(),
         }
         for index, name in enumerate(class_names):
             result[f"dice_{name}"] = dice[index].item()
