@@ -117,7 +117,7 @@ def test_missing_checkpoint(tmp_path: Path, images: Path) -> None:
 
 def test_no_training_run_yet(tmp_path: Path, images: Path) -> None:
     result = run_cli("predict", f"input={images}", cwd=tmp_path)
-    assert_one_line_error(result, "no checkpoint given", "unetseg train")
+    assert_one_line_error(result, "no training run with checkpoints/best.pt", "unetseg train")
 
 
 def test_not_a_checkpoint(tmp_path: Path, images: Path) -> None:

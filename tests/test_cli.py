@@ -64,7 +64,18 @@ def test_train_then_predict(tmp_path: Path, dataset: Path) -> None:
         assert (run_dir / "checkpoints" / name).is_file()
     epochs = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [e["epoch"] for e in epochs] == [1, 2]
-    for key in ("train_loss", "val_loss", "dice", "iou", "pixel_accuracy", "dice_background", "iou_foreground"):
+    for key in (
+        "train_loss",
+        "val_loss",
+        "dice",
+        "iou",
+        "pixel_error",
+        "rand_error",
+        "v_info",
+        "lr",
+        "dice_background",
+        "iou_foreground",
+    ):
         assert key in epochs[0]
     summary = json.loads((run_dir / "metrics.json").read_text())
     assert summary["status"] == "completed"

@@ -8,8 +8,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from conftest import write_dataset
-from unetseg.config import DataConfig, register_schemas, to_typed
-from unetseg.data.augment import flip_rotate
+from unetseg.config import AugmentConfig, DataConfig, register_schemas, to_typed
+from unetseg.data.augment import Sample, augment, elastic, intensity, random_crop
 from unetseg.data.dataset import load_folder, load_splits
 from unetseg.data.io import list_images, read_image, read_label
 from unetseg.data.labels import encode_label
@@ -135,22 +135,72 @@ def test_colour_label_with_identical_channels_is_accepted(tmp_path: Path) -> Non
     assert read_label(tmp_path / "l.png").shape == (4, 4)
 
 
+def augment_config(**probabilities: float) -> AugmentConfig:
+    """The shipped augmentation settings (conf/data/synthetic.yaml) with some probabilities changed."""
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        register_resolvers()
+        register_schemas()
+        cfg = compose("train", overrides=[f"data.augment.{key}={value}" for key, value in probabilities.items()])
+    return to_typed(cfg).data.augment
+
+
+def encoded_sample(shape: tuple[int, int], seed: int = 1) -> Sample:
+    """Image channels and weights that are functions of the label, so any mismatch shows."""
+    label = (np.random.default_rng(seed).random(shape) > 0.5).astype(np.uint8)
+    image = np.stack([label * 0.5 + 0.25, label * 0.25]).astype(np.float32)
+    return Sample(image, label, (label * 3 + 1).astype(np.float32))
+
+
 @pytest.mark.parametrize("shape", [(32, 32), (24, 40)])
-def test_augmentation_moves_image_and_label_together(shape: tuple[int, int]) -> None:
+@pytest.mark.parametrize("patch", [None, 16])
+def test_crops_flips_and_turns_move_image_label_and_weights_together(shape: tuple[int, int], patch: int | None) -> None:
     rng = np.random.default_rng(1)
-    label = (rng.random(shape) > 0.5).astype(np.uint8)
-    image = np.stack([label * 0.5 + 0.25, label * 0.25]).astype(np.float32)  # channels encode the label
+    sample = encoded_sample(shape)
+    cfg = augment_config(flip=0.5, rotate90=0.75)
     seen = set()
     for _ in range(40):
-        aug_image, aug_label = flip_rotate(image, label, rng, flip=True, rotate90=True)
-        assert aug_image.shape[0] == 2 and aug_image.shape[1:] == aug_label.shape
-        assert np.array_equal(aug_image[0], aug_label * 0.5 + 0.25)
-        assert np.array_equal(aug_image[1], aug_label * 0.25)
-        assert aug_image.flags.c_contiguous
-        seen.add(aug_label.tobytes())
+        out = augment(sample, cfg, patch, rng)
+        assert out.image.shape[0] == 2 and out.image.shape[1:] == out.label.shape == out.weight.shape
+        assert np.array_equal(out.image[0], out.label * 0.5 + 0.25)
+        assert np.array_equal(out.image[1], out.label * 0.25)
+        assert np.array_equal(out.weight, out.label * 3 + 1)
+        assert out.image.flags.c_contiguous and out.image.dtype == np.float32
+        if patch:
+            assert out.label.shape == (patch, patch)
+        seen.add(out.label.tobytes())
     assert len(seen) > 2  # it really transforms
-    if shape[0] != shape[1]:
-        assert all(len(s) == label.size for s in seen)
+    if shape[0] != shape[1] and patch is None:
+        assert all(len(s) == sample.label.size for s in seen)  # non-square images only turn by 180°
+
+
+def test_crop_pads_images_smaller_than_the_patch() -> None:
+    out = random_crop(encoded_sample((10, 12)), 16, np.random.default_rng(0))
+    assert out.label.shape == (16, 16) and out.image.shape == (2, 16, 16)
+    assert np.array_equal(out.image[1], out.label * 0.25)
+
+
+def test_elastic_deformation_warps_everything_alike_and_keeps_label_values() -> None:
+    yy, xx = np.mgrid[0:96, 0:96]
+    label = (((xx // 12) + (yy // 12)) % 2).astype(np.uint8)  # a checkerboard of 12-px squares
+    sample = Sample(label[None].astype(np.float32), label, label.astype(np.float32) * 9 + 1)
+    warped = elastic(sample, grid=3, sigma=10.0, rng=np.random.default_rng(3))
+    assert set(np.unique(warped.label)) <= {0, 1}
+    assert not np.array_equal(warped.label, label)  # 10 px displacements move the squares
+    agree = (warped.image[0] > 0.5) == (warped.label == 1)
+    assert agree.mean() > 0.97  # bicubic image and nearest-neighbour label follow the same field
+    assert np.abs(warped.weight - (warped.label * 9 + 1)).mean() < 0.5
+    unchanged = elastic(sample, grid=3, sigma=0.0, rng=np.random.default_rng(3))
+    assert np.array_equal(unchanged.label, label)
+
+
+def test_intensity_augmentations_follow_their_probabilities() -> None:
+    image = np.random.default_rng(0).random((1, 32, 32)).astype(np.float32)
+    off = augment_config(flip=0, rotate90=0)
+    assert np.array_equal(intensity(image, off, np.random.default_rng(0)), image)
+    for key in ("brightness", "contrast", "gamma", "noise", "blur"):
+        changed = intensity(image, augment_config(**{key: 1.0}), np.random.default_rng(0))
+        assert changed.dtype == np.float32 and changed.shape == image.shape
+        assert not np.allclose(changed, image), key
 
 
 def test_synthetic_data_is_deterministic_and_em_like() -> None:

@@ -28,7 +28,7 @@ def test_dice_iou_accuracy_match_hand_computation() -> None:
     assert scores["dice_cell"] == pytest.approx(0.75)
     assert scores["iou_cell"] == pytest.approx(0.6)
     assert scores["dice_membrane"] == pytest.approx(0.75)
-    assert scores["pixel_accuracy"] == pytest.approx(6 / 8)
+    assert scores["pixel_error"] == pytest.approx(2 / 8)
     assert scores["dice"] == pytest.approx(0.75)
 
 

@@ -16,7 +16,9 @@ from unetseg.engine.region_metrics import (
 )
 from unetseg.engine.scores import ScoreBoard, image_scores
 
-skimage_metrics = pytest.importorskip("skimage.metrics", reason="scikit-image is a test dependency: pip install -e '.[test]'")
+skimage_metrics = pytest.importorskip(
+    "skimage.metrics", reason="scikit-image is a test dependency: pip install -e '.[test]'"
+)
 
 
 def membranes(size: int, spacing: int, offset: int = 0, width: int = 1) -> np.ndarray:
@@ -111,7 +113,9 @@ def test_image_scores_and_scoreboard() -> None:
     scores = image_scores(predicted, truth, ["membrane", "cell"])
     wrong = int((predicted != truth).sum())
     assert scores["pixel_error"] == pytest.approx(wrong / truth.size)
-    assert scores["dice_membrane"] == pytest.approx(2 * int((truth == 0).sum()) / (int((truth == 0).sum()) + int((predicted == 0).sum())))
+    assert scores["dice_membrane"] == pytest.approx(
+        2 * int((truth == 0).sum()) / (int((truth == 0).sum()) + int((predicted == 0).sum()))
+    )
     board = ScoreBoard(["membrane", "cell"])
     board.add("a", predicted, truth)
     board.add("b", truth, truth)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -40,3 +41,8 @@ def atomic_open(path: Path) -> Iterator[BinaryIO]:
 def write_text_atomic(path: Path, text: str) -> None:
     with atomic_open(path) as handle:
         handle.write(text.encode("utf-8"))
+
+
+def copy_atomic(source: Path, target: Path) -> None:
+    with atomic_open(target) as handle, source.open("rb") as reader:
+        shutil.copyfileobj(reader, handle)

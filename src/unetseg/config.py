@@ -15,6 +15,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from unetseg.engine.monitor import monitorable
 from unetseg.errors import UserError
 
 
@@ -34,6 +35,16 @@ class LossName(str, Enum):
     bce = "bce"
     dice = "dice"
     bce_dice = "bce_dice"
+    weighted_bce = "weighted_bce"
+    weighted_bce_dice = "weighted_bce_dice"
+
+
+class ScheduleName(str, Enum):
+    constant = "constant"
+    poly = "poly"
+    cosine = "cosine"
+    onecycle = "onecycle"
+    plateau = "plateau"
 
 
 class Precision(str, Enum):
@@ -80,9 +91,29 @@ class OptimConfig:
 
 
 @dataclass
+class IntensityConfig:
+    brightness: float = MISSING
+    contrast: float = MISSING
+    gamma: float = MISSING
+    noise_std: float = MISSING
+    blur_sigma: float = MISSING
+
+
+@dataclass
 class AugmentConfig:
-    flip: bool = MISSING
-    rotate90: bool = MISSING
+    """Probabilities of each augmentation (0 = off); ``intensity`` holds the ranges."""
+
+    flip: float = MISSING
+    rotate90: float = MISSING
+    elastic: float = MISSING
+    elastic_grid: int = MISSING
+    elastic_sigma: float = MISSING
+    brightness: float = MISSING
+    contrast: float = MISSING
+    gamma: float = MISSING
+    noise: float = MISSING
+    blur: float = MISSING
+    intensity: IntensityConfig = field(default_factory=IntensityConfig)
 
 
 @dataclass
@@ -108,6 +139,7 @@ class DataConfig:
     val_fraction: float = MISSING
     class_names: list[str] = MISSING
     label_encoding: LabelEncoding = MISSING
+    patch_size: int | None = MISSING
     normalization: NormalizationConfig = field(default_factory=NormalizationConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
@@ -121,7 +153,13 @@ class TrainerConfig:
     workers: int | None = MISSING
     seed: int = MISSING
     loss: LossName = MISSING
+    border_weight: float = MISSING
+    border_sigma: float = MISSING
     threshold: float = MISSING
+    monitor: str = MISSING
+    monitor_ema: float = MISSING
+    early_stopping: int | None = MISSING
+    resume: str | None = MISSING
     precision: Precision = MISSING
     channels_last: bool = MISSING
     compile: bool = MISSING
@@ -129,9 +167,20 @@ class TrainerConfig:
 
 
 @dataclass
+class ScheduleConfig:
+    name: ScheduleName = MISSING
+    exponent: float = MISSING
+    min_lr: float = MISSING
+    pct_start: float = MISSING
+    patience: int = MISSING
+    factor: float = MISSING
+
+
+@dataclass
 class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     data: DataConfig = field(default_factory=DataConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
 
@@ -231,6 +280,45 @@ def check_train(cfg: TrainConfig) -> None:
     )
     _require(0 < t.threshold < 1, f"trainer.threshold={t.threshold}: must be strictly between 0 and 1")
     _check_device(t.device, "trainer.device")
+    _check_training_recipe(cfg)
+
+
+def _check_training_recipe(cfg: TrainConfig) -> None:
+    """Crops, augmentation, loss weights, schedule, monitor and early stopping."""
+    m, d, t, sc = cfg.model, cfg.data, cfg.trainer, cfg.schedule
+    if d.patch_size is not None:
+        _require(
+            d.patch_size >= 2**m.depth,
+            f"data.patch_size={d.patch_size}: must be at least {2**m.depth} px for model.depth={m.depth} (or null)",
+        )
+    a = d.augment
+    for key in ("flip", "rotate90", "elastic", "brightness", "contrast", "gamma", "noise", "blur"):
+        value = getattr(a, key)
+        _require(0 <= value <= 1, f"data.augment.{key}={value}: a probability, between 0 and 1 (0 = off)")
+    _require(a.elastic_grid >= 2, f"data.augment.elastic_grid={a.elastic_grid}: need at least 2 control points")
+    _require(a.elastic_sigma >= 0, f"data.augment.elastic_sigma={a.elastic_sigma}: must be >= 0 pixels")
+    ranges = a.intensity
+    for key in ("brightness", "contrast", "gamma", "noise_std", "blur_sigma"):
+        value = getattr(ranges, key)
+        _require(value >= 0, f"data.augment.intensity.{key}={value}: must be >= 0")
+    _require(ranges.gamma < 1, f"data.augment.intensity.gamma={ranges.gamma}: must be < 1 (gamma stays positive)")
+    _require(t.border_weight >= 0, f"trainer.border_weight={t.border_weight}: must be >= 0")
+    _require(t.border_sigma > 0, f"trainer.border_sigma={t.border_sigma}: must be > 0 pixels")
+    scores = monitorable(list(d.class_names))
+    _require(
+        t.monitor in scores,
+        f"trainer.monitor={t.monitor}: not a validation score; use one of {', '.join(scores)}",
+    )
+    _require(0 <= t.monitor_ema < 1, f"trainer.monitor_ema={t.monitor_ema}: must be in [0, 1) (0 = no smoothing)")
+    _require(
+        t.early_stopping is None or t.early_stopping >= 1,
+        f"trainer.early_stopping={t.early_stopping}: a number of epochs >= 1, or null to never stop early",
+    )
+    _require(sc.exponent > 0, f"schedule.exponent={sc.exponent}: must be > 0")
+    _require(sc.min_lr >= 0, f"schedule.min_lr={sc.min_lr}: must be >= 0")
+    _require(0 < sc.pct_start < 1, f"schedule.pct_start={sc.pct_start}: must be strictly between 0 and 1")
+    _require(sc.patience >= 0, f"schedule.patience={sc.patience}: must be >= 0 epochs")
+    _require(0 < sc.factor < 1, f"schedule.factor={sc.factor}: must be strictly between 0 and 1")
 
 
 def check_predict(cfg: PredictConfig) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -57,26 +58,31 @@ def progress_bars() -> Progress:
     )
 
 
+def score_columns(class_names: Sequence[str]) -> list[tuple[str, str]]:
+    """(column title, metrics key) of every score, in the order tables show them."""
+    per_class = [(f"{kind} {name}", f"{kind.lower()}_{name}") for name in class_names for kind in ("Dice", "IoU")]
+    return [
+        ("loss", "val_loss"),
+        ("pixel error", "pixel_error"),
+        ("Dice", "dice"),
+        ("IoU", "iou"),
+        *per_class,
+        ("Rand error", "rand_error"),
+        ("V_info", "v_info"),
+    ]
+
+
 def metrics_table(title: str, rows: Sequence[tuple[str, Mapping[str, float]]], class_names: Sequence[str]) -> Table:
-    """One row per (label, metrics): loss, mean Dice/IoU, pixel accuracy, then Dice and IoU per class."""
+    """One row per (label, scores); a column for every score that some row has (NaN shows as n/a)."""
+    columns = [(title_, key) for title_, key in score_columns(class_names) if any(key in m for _, m in rows)]
     table = Table(title=title, title_justify="left")
     table.add_column("")
-    table.add_column("loss", justify="right")
-    table.add_column("Dice", justify="right")
-    table.add_column("IoU", justify="right")
-    table.add_column("pixel acc", justify="right")
-    for name in class_names:
-        table.add_column(f"Dice {name}", justify="right")
-        table.add_column(f"IoU {name}", justify="right")
+    for column_title, _ in columns:
+        table.add_column(column_title, justify="right")
     for label, metrics in rows:
-        cells = [
-            label,
-            f"{metrics['val_loss']:.4f}",
-            f"{metrics['dice']:.4f}",
-            f"{metrics['iou']:.4f}",
-            f"{metrics['pixel_accuracy']:.4f}",
-        ]
-        for name in class_names:
-            cells += [f"{metrics[f'dice_{name}']:.4f}", f"{metrics[f'iou_{name}']:.4f}"]
+        cells = [label]
+        for _, key in columns:
+            value = metrics.get(key, math.nan)
+            cells.append("n/a" if math.isnan(value) else f"{value:.4f}")
         table.add_row(*cells)
     return table

@@ -39,6 +39,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "best": result.best,
         "last": result.last,
         "epochs": result.epochs,
+        "stopped_early": result.stopped_early,
+        "monitor": typed.trainer.monitor,
         "parameters": result.parameters,
         "wall_time_s": result.wall_time_s,
         "checkpoint_best": str(result.best_checkpoint),
@@ -55,7 +57,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         summary["best_per_rank"] = ranks_best
     write_text_atomic(run_dir / "metrics.json", json.dumps(summary, indent=2))
     console.print(
-        f"best checkpoint: {result.best_checkpoint} (epoch {result.best_epoch}, val Dice {result.best['dice']:.4f})"
+        f"best checkpoint: {result.best_checkpoint} (epoch {result.best_epoch}, "
+        f"{typed.trainer.monitor} {result.best[typed.trainer.monitor]:.4f})"
     )
     console.print(f"last checkpoint: {result.last_checkpoint}")
     console.print(f"metrics: {run_dir / 'metrics.jsonl'} (per epoch), {run_dir / 'metrics.json'} (summary)")

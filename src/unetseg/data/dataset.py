@@ -10,8 +10,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from unetseg.config import DataConfig, DataSource
-from unetseg.data.augment import flip_rotate
+from unetseg.config import AugmentConfig, DataConfig, DataSource
+from unetseg.data.augment import Sample, augment
 from unetseg.data.io import list_images, read_image, read_label
 from unetseg.data.labels import encode_label
 from unetseg.data.normalize import PercentileNormalizer
@@ -23,11 +23,13 @@ from unetseg.paths import user_path
 
 @dataclass
 class LabelledImages:
-    """Normalised float32 images (C, H, W), uint8 class-id labels (H, W), and their names."""
+    """Normalised float32 images (C, H, W), uint8 class-id labels (H, W), their names, and optionally
+    per-pixel loss weights (H, W)."""
 
     images: list[np.ndarray]
     labels: list[np.ndarray]
     names: list[str]
+    weights: list[np.ndarray] | None = None  # per-pixel loss weights, for the weighted losses
 
     def __len__(self) -> int:
         return len(self.names)
@@ -127,13 +129,16 @@ def load_splits(
 
 
 class SegmentationDataset(Dataset):
-    """Serves (image float32 (C, H, W), label int64 (H, W)) tensors, augmented when ``augment``."""
+    """Serves (image float32 (C, H, W), label int64 (H, W), weight float32 (H, W)) tensors, augmented
+    as ``augment`` says; ``weight`` is an empty tensor when the items carry no loss weights."""
 
-    def __init__(self, items: LabelledImages, seed: int, flip: bool = False, rotate90: bool = False) -> None:
+    def __init__(
+        self, items: LabelledImages, seed: int, augment: AugmentConfig | None = None, patch_size: int | None = None
+    ) -> None:
         self.items = items
         self.seed = seed
-        self.flip = flip
-        self.rotate90 = rotate90
+        self.augment = augment
+        self.patch_size = patch_size
         # Shared memory, so persistent DataLoader workers see the epoch the main process sets.
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
 
@@ -144,9 +149,11 @@ class SegmentationDataset(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image, label = self.items.images[index], self.items.labels[index]
-        if self.flip or self.rotate90:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        weights = self.items.weights
+        sample = Sample(self.items.images[index], self.items.labels[index], None if weights is None else weights[index])
+        if self.augment is not None:
             rng = np.random.default_rng([self.seed, int(self._epoch.item()), index])
-            image, label = flip_rotate(image, label, rng, self.flip, self.rotate90)
-        return torch.from_numpy(image), torch.from_numpy(label.astype(np.int64))
+            sample = augment(sample, self.augment, self.patch_size, rng)
+        weight = torch.empty(0) if sample.weight is None else torch.from_numpy(sample.weight)
+        return torch.from_numpy(sample.image), torch.from_numpy(sample.label.astype(np.int64)), weight

@@ -30,6 +30,8 @@ class Checkpoint:
     threshold: float
     epoch: int
     metrics: dict[str, float]
+    # last.pt only: optimiser, scheduler, scaler, monitor and RNG state, for trainer.resume
+    training_state: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -42,6 +44,7 @@ class Checkpoint:
             "threshold": float(self.threshold),
             "epoch": int(self.epoch),
             "metrics": {key: float(value) for key, value in self.metrics.items()},
+            "training_state": self.training_state,
         }
 
 
@@ -72,4 +75,19 @@ def load_checkpoint(path: Path) -> Checkpoint:
         threshold=float(raw["threshold"]),
         epoch=int(raw["epoch"]),
         metrics=dict(raw["metrics"]),
+        training_state=raw.get("training_state"),
     )
+
+
+def newest_checkpoint(runs_root: Path, name: str = "best.pt", exclude: Path | None = None) -> Path:
+    """The most recently written ``checkpoints/<name>`` of any training run (or sweep job) under
+    ``runs_root``, leaving out the run directory ``exclude`` (the one being written now)."""
+    candidates = list(runs_root.glob(f"**/checkpoints/{name}")) if runs_root.is_dir() else []
+    if exclude is not None:
+        candidates = [path for path in candidates if exclude.resolve() not in path.resolve().parents]
+    if not candidates:
+        raise UserError(
+            f"no training run with checkpoints/{name} under {runs_root}: train one first (unetseg train) "
+            f"or give the path to a {name} explicitly"
+        )
+    return max(candidates, key=lambda path: path.stat().st_mtime_ns)

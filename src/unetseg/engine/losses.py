@@ -1,4 +1,5 @@
-"""Training losses on logits: BCE (cross-entropy for several classes), soft Dice, or their sum."""
+"""Training losses on logits: BCE (cross-entropy for several classes), soft Dice, their sum, and BCE
+weighted per pixel by the U-Net paper's border weight map (see unetseg.data.border_weights)."""
 
 from __future__ import annotations
 
@@ -30,16 +31,26 @@ def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0)
     return 1 - ((2 * intersection + eps) / (total + eps)).mean()
 
 
-def cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def cross_entropy(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean over pixels of the (optionally per-pixel weighted) binary or multi-class cross-entropy."""
     if logits.shape[1] == 1:
-        return F.binary_cross_entropy_with_logits(logits[:, 0], target.to(logits.dtype))
-    return F.cross_entropy(logits, target)
+        per_pixel = F.binary_cross_entropy_with_logits(logits[:, 0], target.to(logits.dtype), reduction="none")
+    else:
+        per_pixel = F.cross_entropy(logits, target, reduction="none")
+    return (per_pixel * weight).mean() if weight is not None else per_pixel.mean()
 
 
-def compute_loss(name: LossName, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+WEIGHTED = (LossName.weighted_bce, LossName.weighted_bce_dice)
+
+
+def compute_loss(
+    name: LossName, logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``weight`` (N, H, W) is used by the weighted losses only (validation passes none: plain BCE)."""
     logits = logits.float()
-    if name == LossName.bce:
-        return cross_entropy(logits, target)
     if name == LossName.dice:
         return soft_dice_loss(logits, target)
-    return cross_entropy(logits, target) + soft_dice_loss(logits, target)
+    ce = cross_entropy(logits, target, weight if name in WEIGHTED else None)
+    if name in (LossName.bce, LossName.weighted_bce):
+        return ce
+    return ce + soft_dice_loss(logits, target)

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from unetseg.engine.checkpoint import Checkpoint
+from unetseg.engine.checkpoint import Checkpoint, newest_checkpoint  # noqa: F401 - re-exported for predict
 from unetseg.engine.metrics import classes_from_probabilities, to_probabilities
 from unetseg.engine.precision import FastPath
 from unetseg.engine.sliding_window import sliding_window, with_tta
@@ -90,14 +89,3 @@ class Predictor:
     def to_png_values(self, classes: np.ndarray) -> np.ndarray:
         """Class ids → visible grey levels: 0/255 for a binary mask, evenly spread for several classes."""
         return (classes * (255 // (self.num_classes - 1))).astype(np.uint8)
-
-
-def newest_checkpoint(runs_root: Path) -> Path:
-    """The most recently written best.pt of any training run (or sweep job) under ``runs_root``."""
-    candidates = list(runs_root.glob("**/checkpoints/best.pt")) if runs_root.is_dir() else []
-    if not candidates:
-        raise UserError(
-            f"no checkpoint given and no training run with checkpoints/best.pt under {runs_root}: "
-            "train one first (unetseg train) or pass checkpoint=path/to/best.pt"
-        )
-    return max(candidates, key=lambda path: path.stat().st_mtime_ns)
