@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import cv2
 import numpy as np
 import pytest
 
@@ -12,6 +13,7 @@ from unetseg.engine.region_metrics import (
     connected_regions,
     contingency,
     entropies,
+    fill_background,
     information_score,
 )
 from unetseg.engine.scores import ScoreBoard, image_scores
@@ -98,6 +100,22 @@ def test_information_score_is_one_for_identical_and_lower_for_merged() -> None:
     same = information_score(contingency(connected_regions(truth), connected_regions(truth)))
     merged = information_score(contingency(connected_regions(truth), connected_regions(membranes(64, 32))))
     assert same == pytest.approx(1.0) and 0 < merged < 0.9
+
+
+def test_filling_background_thins_membranes_to_the_nearest_cell() -> None:
+    truth = membranes(64, 16)
+    thick = cv2.erode(truth, np.ones((3, 3), np.uint8))  # every membrane one pixel wider on both sides
+    filled = fill_background(connected_regions(thick))
+    assert filled.min() >= 1 and filled.max() == connected_regions(thick).max()
+    assert adapted_rand_error(contingency(connected_regions(truth), filled)) < 0.02
+    assert adapted_rand_error(contingency(connected_regions(truth), connected_regions(thick))) > 0.3
+    nothing = np.zeros((8, 8), np.int32)
+    assert np.array_equal(fill_background(nothing), nothing)
+    # a gap in a membrane still merges the two cells it should separate
+    gap = membranes(64, 16)
+    gap[16, 4:12] = 1
+    merged = image_scores(gap, truth, ["membrane", "cell"])["rand_error"]
+    assert merged > 0.01
 
 
 def test_regions_are_four_connected() -> None:

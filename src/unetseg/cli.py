@@ -13,6 +13,7 @@ from unetseg import __version__
 COMMANDS = {
     "train": "train a U-Net (unetseg train --help)",
     "predict": "write masks for images with a trained checkpoint (unetseg predict --help)",
+    "evaluate": "score a checkpoint on labelled images: pixel error, Dice, IoU, Rand error, V_info",
     "synthesize": "write the built-in synthetic EM-like data as image/ and label/ folders",
 }
 
@@ -30,6 +31,7 @@ Examples:
   unetseg train data=isbi data.root=path/to/train optim.lr=1e-5
   unetseg train -m model=bilinear,transposed
   unetseg predict input=data/test
+  unetseg evaluate checkpoint=outputs/train/RUN/checkpoints/best.pt data=isbi data.root=path/to/train
 
 Shell completion (bash): eval "$(unetseg -sc install=bash)"
 """

@@ -186,10 +186,9 @@ class TrainConfig:
 
 
 @dataclass
-class PredictConfig:
-    input: str | None = MISSING
-    checkpoint: str | None = MISSING
-    output: str | None = MISSING
+class InferenceConfig:
+    """How a checkpoint predicts (conf/inference/default.yaml): shared by predict and evaluate."""
+
     threshold: float | None = MISSING
     device: str = MISSING
     precision: Precision = MISSING
@@ -199,7 +198,26 @@ class PredictConfig:
     gaussian: bool = MISSING
     batch_size: int = MISSING
     tta: TestTimeAugmentation = MISSING
+
+
+@dataclass
+class PredictConfig(InferenceConfig):
+    input: str | None = MISSING
+    checkpoint: str | None = MISSING
+    output: str | None = MISSING
     save: list[str] = MISSING
+    overwrite: bool = MISSING
+    runs_root: str = MISSING
+
+
+@dataclass
+class EvaluateConfig(InferenceConfig):
+    checkpoint: str | None = MISSING
+    data: DataConfig = field(default_factory=DataConfig)
+    split: str = MISSING
+    input: str | None = MISSING
+    labels: str | None = MISSING
+    output: str | None = MISSING
     overwrite: bool = MISSING
     runs_root: str = MISSING
 
@@ -218,6 +236,7 @@ def register_schemas() -> None:
     store.store(name="train_schema", node=TrainConfig)
     store.store(name="predict_schema", node=PredictConfig)
     store.store(name="synthesize_schema", node=SynthesizeConfig)
+    store.store(name="evaluate_schema", node=EvaluateConfig)
 
 
 def to_typed(cfg: DictConfig) -> Any:
@@ -321,25 +340,49 @@ def _check_training_recipe(cfg: TrainConfig) -> None:
     _require(0 < sc.factor < 1, f"schedule.factor={sc.factor}: must be strictly between 0 and 1")
 
 
-def check_predict(cfg: PredictConfig) -> None:
-    _require(
-        cfg.input is not None,
-        "input is not set: say which image or folder to segment, e.g. unetseg predict input=data/test",
-    )
+def check_inference(cfg: InferenceConfig) -> None:
     if cfg.threshold is not None:
         _require(0 < cfg.threshold < 1, f"threshold={cfg.threshold}: must be strictly between 0 and 1")
     _require(0 <= cfg.overlap < 1, f"overlap={cfg.overlap}: must be in [0, 1) (0.5 = tiles overlap by half)")
     _require(cfg.batch_size >= 1, f"batch_size={cfg.batch_size}: must be at least 1")
-    unknown = [kind for kind in cfg.save if kind not in ("mask", "probability", "overlay")]
-    _require(
-        bool(cfg.save) and not unknown,
-        f"save={list(cfg.save)}: choose one or more of mask, probability, overlay (e.g. save=[mask,overlay])",
-    )
     _require(
         cfg.tile_size is None or cfg.tile_size >= 16,
         f"tile_size={cfg.tile_size}: must be at least 16 pixels, or null to run each image whole",
     )
     _check_device(cfg.device, "device")
+
+
+def check_predict(cfg: PredictConfig) -> None:
+    _require(
+        cfg.input is not None,
+        "input is not set: say which image or folder to segment, e.g. unetseg predict input=data/test",
+    )
+    check_inference(cfg)
+    unknown = [kind for kind in cfg.save if kind not in ("mask", "probability", "overlay")]
+    _require(
+        bool(cfg.save) and not unknown,
+        f"save={list(cfg.save)}: choose one or more of mask, probability, overlay (e.g. save=[mask,overlay])",
+    )
+
+
+EVALUATION_SPLITS = ("val", "train", "all")
+
+
+def check_evaluate(cfg: EvaluateConfig) -> None:
+    check_inference(cfg)
+    _require(
+        (cfg.input is None) == (cfg.labels is None),
+        "give both input=IMAGES and labels=LABELS folders, or neither (then data=... names the labelled set)",
+    )
+    if cfg.input is None:
+        _require(
+            cfg.data.source == DataSource.synthetic or cfg.data.root is not None,
+            "nothing to evaluate on: give data.root=path/to/train (data=isbi), or input=IMAGES labels=LABELS",
+        )
+    _require(
+        cfg.split in EVALUATION_SPLITS,
+        f"split={cfg.split}: use val (the held-out images training validated on), train or all",
+    )
 
 
 def check_synthesize(cfg: SynthesizeConfig) -> None:
@@ -356,4 +399,9 @@ def _check_device(device: str, key: str) -> None:
     )
 
 
-CHECKS = {"train": check_train, "predict": check_predict, "synthesize": check_synthesize}
+CHECKS = {
+    "train": check_train,
+    "predict": check_predict,
+    "synthesize": check_synthesize,
+    "evaluate": check_evaluate,
+}

@@ -66,9 +66,23 @@ def load_folder(
     _existing_folder(root, "data folder")
     image_folder = _existing_folder(root / image_dir, f"image folder (data.image_dir={image_dir})")
     label_folder = _existing_folder(root / label_dir, f"label folder (data.label_dir={label_dir})")
+    return load_pairs(image_folder, label_folder, channels, num_classes, label_encoding, normalizer)
+
+
+def load_pairs(
+    image_folder: Path,
+    label_folder: Path,
+    channels: int,
+    num_classes: int,
+    label_encoding: str,
+    normalizer: PercentileNormalizer,
+) -> LabelledImages:
+    """Every image in ``image_folder`` with its label from ``label_folder`` (same stem), normalised."""
+    _existing_folder(image_folder, "image folder")
+    _existing_folder(label_folder, "label folder")
     image_files = list_images(image_folder)
     if not image_files:
-        raise UserError(f"no images (png, tif, jpg, bmp) in {image_folder}: add images or fix data.root")
+        raise UserError(f"no images (png, tif, jpg, bmp) in {image_folder}: add images or point at the right folder")
     pairs = pair_by_stem(image_files, list_images(label_folder), label_folder)
     images, labels = [], []
     for image_path, label_path in pairs:

@@ -14,7 +14,13 @@ import torch
 
 from unetseg.distributed import all_reduce_sum
 from unetseg.engine.metrics import ConfusionMatrix
-from unetseg.engine.region_metrics import adapted_rand_error, connected_regions, contingency, information_score
+from unetseg.engine.region_metrics import (
+    adapted_rand_error,
+    connected_regions,
+    contingency,
+    fill_background,
+    information_score,
+)
 
 REGION_SCORES = ("rand_error", "v_info")
 
@@ -23,7 +29,9 @@ def image_scores(predicted: np.ndarray, truth: np.ndarray, class_names: Sequence
     """Every score of one (H, W) predicted class-id map against its truth."""
     confusion = ConfusionMatrix(len(class_names))
     confusion.update(torch.from_numpy(predicted), torch.from_numpy(truth))
-    table = contingency(connected_regions(truth), connected_regions(predicted))
+    # The challenge thins predicted borders: membrane pixels join the nearest predicted cell, so a thick
+    # but closed membrane costs nothing; gaps (merged cells) and spurious membranes (split cells) do.
+    table = contingency(connected_regions(truth), fill_background(connected_regions(predicted)))
     return {
         **confusion.scores(class_names),
         "rand_error": adapted_rand_error(table),
