@@ -140,6 +140,7 @@ class DataConfig:
     class_names: list[str] = MISSING
     label_encoding: LabelEncoding = MISSING
     patch_size: int | None = MISSING
+    samples_per_epoch: int | None = MISSING
     normalization: NormalizationConfig = field(default_factory=NormalizationConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
@@ -310,6 +311,10 @@ def _check_training_recipe(cfg: TrainConfig) -> None:
             d.patch_size >= 2**m.depth,
             f"data.patch_size={d.patch_size}: must be at least {2**m.depth} px for model.depth={m.depth} (or null)",
         )
+    _require(
+        d.samples_per_epoch is None or d.samples_per_epoch >= 1,
+        f"data.samples_per_epoch={d.samples_per_epoch}: must be at least 1, or null for one pass over the images",
+    )
     a = d.augment
     for key in ("flip", "rotate90", "elastic", "brightness", "contrast", "gamma", "noise", "blur"):
         value = getattr(a, key)

@@ -147,12 +147,19 @@ class SegmentationDataset(Dataset):
     as ``augment`` says; ``weight`` is an empty tensor when the items carry no loss weights."""
 
     def __init__(
-        self, items: LabelledImages, seed: int, augment: AugmentConfig | None = None, patch_size: int | None = None
+        self,
+        items: LabelledImages,
+        seed: int,
+        augment: AugmentConfig | None = None,
+        patch_size: int | None = None,
+        samples_per_epoch: int | None = None,
     ) -> None:
         self.items = items
         self.seed = seed
         self.augment = augment
         self.patch_size = patch_size
+        # With crops, one epoch can draw several samples from each image (index i uses image i mod n).
+        self.length = samples_per_epoch or len(items)
         # Shared memory, so persistent DataLoader workers see the epoch the main process sets.
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
 
@@ -161,11 +168,11 @@ class SegmentationDataset(Dataset):
         self._epoch.fill_(epoch)
 
     def __len__(self) -> int:
-        return len(self.items)
+        return self.length
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        weights = self.items.weights
-        sample = Sample(self.items.images[index], self.items.labels[index], None if weights is None else weights[index])
+        weights, item = self.items.weights, index % len(self.items)
+        sample = Sample(self.items.images[item], self.items.labels[item], None if weights is None else weights[item])
         if self.augment is not None:
             rng = np.random.default_rng([self.seed, int(self._epoch.item()), index])
             sample = augment(sample, self.augment, self.patch_size, rng)

@@ -160,7 +160,7 @@ class Trainer:
                 f"{t.batch_size}: the deepest layer would see a single pixel, which BatchNorm cannot train on; "
                 "lower model.depth, raise trainer.batch_size or use larger images"
             )
-        dataset = SegmentationDataset(train, seed=t.seed, augment=d.augment, patch_size=d.patch_size)
+        dataset = SegmentationDataset(train, t.seed, d.augment, d.patch_size, d.samples_per_epoch)
         # Under torchrun each rank trains on its share of every epoch (trainer.batch_size per rank).
         sampler = (
             DistributedSampler(dataset, self.world.size, self.world.rank, shuffle=True, seed=t.seed)
@@ -255,6 +255,7 @@ class Trainer:
         console.print(f"[bold]{self.fast.describe()}{ranks}[/]")
         log.info("%s%s", self.fast.describe(), ranks)
         patches = f" ({cfg.data.patch_size}×{cfg.data.patch_size} crops)" if cfg.data.patch_size else ""
+        patches += f", {len(loader.dataset)} samples per epoch" if cfg.data.samples_per_epoch else ""  # type: ignore[arg-type]
         console.print(
             f"[bold]data[/]: {len(train_items)} training{patches}, {len(val_items)} validation images · "
             f"[bold]model[/]: U-Net {self.spec.upsampling}, {parameters:,} parameters · "
