@@ -14,6 +14,7 @@ COMMANDS = {
     "train": "train a U-Net (unetseg train --help)",
     "predict": "write masks for images with a trained checkpoint (unetseg predict --help)",
     "synthesize": "write the built-in synthetic EM-like data as image/ and label/ folders",
+    "export": "write a checkpoint as an ONNX or TorchScript model (unetseg export --help)",
 }
 
 USAGE = (
@@ -30,6 +31,7 @@ Examples:
   unetseg train data=isbi data.root=path/to/train optim.lr=1e-5
   unetseg train -m model=bilinear,transposed
   unetseg predict input=data/test
+  unetseg export format=onnx
 
 Shell completion (bash): eval "$(unetseg -sc install=bash)"
 """

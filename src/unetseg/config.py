@@ -49,6 +49,11 @@ class TestTimeAugmentation(str, Enum):
     d4 = "d4"
 
 
+class ExportFormat(str, Enum):
+    onnx = "onnx"
+    torchscript = "torchscript"
+
+
 class DataSource(str, Enum):
     folder = "folder"
     synthetic = "synthetic"
@@ -163,12 +168,23 @@ class SynthesizeConfig:
     seed: int = MISSING
 
 
+@dataclass
+class ExportConfig:
+    checkpoint: str | None = MISSING
+    format: ExportFormat = MISSING
+    output: str | None = MISSING
+    opset: int = MISSING
+    overwrite: bool = MISSING
+    runs_root: str = MISSING
+
+
 def register_schemas() -> None:
     """Store the schemas; each command's YAML lists its schema first in its defaults."""
     store = ConfigStore.instance()
     store.store(name="train_schema", node=TrainConfig)
     store.store(name="predict_schema", node=PredictConfig)
     store.store(name="synthesize_schema", node=SynthesizeConfig)
+    store.store(name="export_schema", node=ExportConfig)
 
 
 def to_typed(cfg: DictConfig) -> Any:
@@ -260,6 +276,13 @@ def check_synthesize(cfg: SynthesizeConfig) -> None:
     _require(cfg.size >= 16, f"size={cfg.size}: must be at least 16 pixels")
 
 
+def check_export(cfg: ExportConfig) -> None:
+    _require(
+        cfg.opset >= 18,
+        f"opset={cfg.opset}: torch's ONNX exporter writes opset 18 or newer (opset=18 suits the oldest runtimes)",
+    )
+
+
 def _check_device(device: str, key: str) -> None:
     kind = device.split(":")[0]
     _require(
@@ -268,4 +291,4 @@ def _check_device(device: str, key: str) -> None:
     )
 
 
-CHECKS = {"train": check_train, "predict": check_predict, "synthesize": check_synthesize}
+CHECKS = {"train": check_train, "predict": check_predict, "synthesize": check_synthesize, "export": check_export}
