@@ -83,8 +83,10 @@ def metadata(checkpoint: Checkpoint) -> dict[str, str]:
     spec = checkpoint.model
     return {
         "unetseg_version": __version__,
-        "input": f"{INPUT_NAME}: float32 (N, {spec.in_channels}, H, W), each image normalised to [0, 1] by "
-        f"its percentiles (see normalization); H and W at least {minimum_side(checkpoint)}",
+        "input": f"{INPUT_NAME}: float32 (N, {spec.in_channels}, H, W), "
+        + ("grey" if spec.in_channels == 1 else "RGB, all channels on one scale")
+        + f", each image normalised to [0, 1] by its percentiles (see normalization); H and W at least "
+        f"{minimum_side(checkpoint)}",
         "output": f"{OUTPUT_NAME}: float32 (N, {spec.num_classes}, H, W), "
         + ("sigmoid of the foreground logit" if spec.num_classes == 1 else "softmax over the classes"),
         "decision": f"foreground where probability >= {checkpoint.threshold:g}"
@@ -128,11 +130,11 @@ def export(checkpoint: Checkpoint, fmt: str, opset: int) -> Exported:
     # Batch 2 and unequal, unaligned sides: an example of 1 or H = W could be specialised into the graph.
     example = torch.rand(2, checkpoint.model.in_channels, 2 * m + 1, 3 * m - 1)
     meta = metadata(checkpoint)
-    started = time.perf_counter()
     with _quiet_exporters():
+        started = time.perf_counter()
         data = _to_onnx(net, example, meta, opset) if fmt == "onnx" else _to_torchscript(net, meta)
-    seconds = time.perf_counter() - started
-    run = _onnx_runner(data) if fmt == "onnx" else _torchscript_runner(data)
+        seconds = time.perf_counter() - started
+        run = _onnx_runner(data) if fmt == "onnx" else _torchscript_runner(data)
     # Sizes the exporter never saw: unaligned (padded and cropped) and aligned, neither equal to the example.
     sizes = [(3 * m + 5, 2 * m + 3), (4 * m, 4 * m)]
     return Exported(data, seconds, _compare(checkpoint, run, sizes))
@@ -225,8 +227,8 @@ def _compare(checkpoint: Checkpoint, run: Runner | None, sizes: list[tuple[int, 
 
 @contextmanager
 def _quiet_exporters() -> Iterator[None]:
-    """The exporters print progress and upstream deprecation notices (torch.jit is deprecated, yet it is the
-    TorchScript format); a CLI shows its own summary instead."""
+    """The exporters print progress and upstream deprecation notices (torch.jit is deprecated, yet it reads and
+    writes the TorchScript format); a CLI shows its own summary instead."""
     logger = logging.getLogger("torch.onnx")
     level = logger.level
     logger.setLevel(logging.ERROR)
