@@ -282,7 +282,9 @@ def test_bad_output_is_refused_before_exporting(trained: Path, args: list[str], 
 
 def test_missing_onnx_packages_are_named(monkeypatch: pytest.MonkeyPatch) -> None:
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxscript" else real(name, *a))
+    missing = {"onnxscript", "onnxruntime"}
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in missing else real(name, *a))
     with pytest.raises(UserError, match=r"format=onnx needs onnxscript.*pip install 'unetseg\[onnx\]'"):
         export_module.require_exporter("onnx")
     export_module.require_exporter("torchscript")  # needs nothing beyond torch
+    assert export_module._onnx_runner(b"") is None  # without onnxruntime the export is written unchecked

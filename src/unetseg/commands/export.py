@@ -12,7 +12,15 @@ from unetseg.atomic import atomic_open
 from unetseg.config import ExportConfig, check_export, to_typed
 from unetseg.console import console
 from unetseg.engine.checkpoint import load_checkpoint
-from unetseg.engine.export import DEFAULT_SUFFIXES, SUFFIXES, TOLERANCE, export, metadata, require_exporter
+from unetseg.engine.export import (
+    DEFAULT_SUFFIXES,
+    SUFFIXES,
+    TOLERANCE,
+    Exported,
+    export,
+    metadata,
+    require_exporter,
+)
 from unetseg.engine.predictor import newest_checkpoint
 from unetseg.errors import UserError
 from unetseg.paths import user_path
@@ -47,6 +55,13 @@ def refuse_to_replace(output: Path, checkpoint_path: Path, overwrite: bool) -> N
         raise UserError(f"output {output} already exists: choose another output= or set overwrite=true")
 
 
+def describe_check(exported: Exported) -> str:
+    if not exported.max_difference:
+        return "not checked against PyTorch: onnxruntime is not installed (pip install 'unetseg[onnx]')"
+    sizes, worst = ", ".join(exported.max_difference), max(exported.max_difference.values())
+    return f"matches PyTorch within {TOLERANCE:g} at {sizes} (max |difference| {worst:.1e})"
+
+
 def export_command(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     typed: ExportConfig = to_typed(cfg)
     check_export(typed)
@@ -66,16 +81,9 @@ def export_command(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     with atomic_open(output) as handle:
         handle.write(exported.data)
 
-    if exported.max_difference:
-        sizes = ", ".join(exported.max_difference)
-        check = (
-            f"matches PyTorch within {TOLERANCE:g} at {sizes} "
-            f"(max |difference| {max(exported.max_difference.values()):.1e})"
-        )
-    else:
-        check = "not checked against PyTorch: onnxruntime is not installed (pip install 'unetseg[onnx]')"
     meta = metadata(checkpoint)
     summary = f"exported {fmt} in {exported.seconds:.1f} s → {output} ({len(exported.data) / 2**20:.1f} MiB)"
+    check = describe_check(exported)
     console.print(summary)
     console.print(check)
     console.print(f"input  {meta['input']}")
