@@ -15,6 +15,7 @@ COMMANDS = {
     "predict": "write masks for images with a trained checkpoint (unetseg predict --help)",
     "evaluate": "score a checkpoint on labelled images: pixel error, Dice, IoU, Rand error, V_info",
     "synthesize": "write the built-in synthetic EM-like data as image/ and label/ folders",
+    "export": "write a checkpoint as an ONNX or TorchScript model (unetseg export --help)",
 }
 
 USAGE = (
@@ -32,6 +33,7 @@ Examples:
   unetseg train -m model=bilinear,transposed
   unetseg predict input=data/test
   unetseg evaluate checkpoint=outputs/train/RUN/checkpoints/best.pt data=isbi data.root=path/to/train
+  unetseg export format=onnx
 
 Shell completion (bash): eval "$(unetseg -sc install=bash)"
 """

@@ -60,6 +60,11 @@ class TestTimeAugmentation(str, Enum):
     d4 = "d4"
 
 
+class ExportFormat(str, Enum):
+    onnx = "onnx"
+    torchscript = "torchscript"
+
+
 class DataSource(str, Enum):
     folder = "folder"
     synthetic = "synthetic"
@@ -231,6 +236,16 @@ class SynthesizeConfig:
     seed: int = MISSING
 
 
+@dataclass
+class ExportConfig:
+    checkpoint: str | None = MISSING
+    format: ExportFormat = MISSING
+    output: str | None = MISSING
+    opset: int = MISSING
+    overwrite: bool = MISSING
+    runs_root: str = MISSING
+
+
 def register_schemas() -> None:
     """Store the schemas; each command's YAML lists its schema first in its defaults."""
     store = ConfigStore.instance()
@@ -238,6 +253,7 @@ def register_schemas() -> None:
     store.store(name="predict_schema", node=PredictConfig)
     store.store(name="synthesize_schema", node=SynthesizeConfig)
     store.store(name="evaluate_schema", node=EvaluateConfig)
+    store.store(name="export_schema", node=ExportConfig)
 
 
 def to_typed(cfg: DictConfig) -> Any:
@@ -396,6 +412,13 @@ def check_synthesize(cfg: SynthesizeConfig) -> None:
     _require(cfg.size >= 16, f"size={cfg.size}: must be at least 16 pixels")
 
 
+def check_export(cfg: ExportConfig) -> None:
+    _require(
+        cfg.opset >= 18,
+        f"opset={cfg.opset}: torch's ONNX exporter writes opset 18 or newer (opset=18 suits the oldest runtimes)",
+    )
+
+
 def _check_device(device: str, key: str) -> None:
     kind = device.split(":")[0]
     _require(
@@ -407,6 +430,7 @@ def _check_device(device: str, key: str) -> None:
 CHECKS = {
     "train": check_train,
     "predict": check_predict,
-    "synthesize": check_synthesize,
     "evaluate": check_evaluate,
+    "export": check_export,
+    "synthesize": check_synthesize,
 }

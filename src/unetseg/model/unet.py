@@ -52,7 +52,7 @@ class Up(nn.Module):
         x = self.upsample(x)
         # The network pads its input to a multiple of 2**depth, so shapes match; pad defensively anyway.
         dy, dx = skip.shape[-2] - x.shape[-2], skip.shape[-1] - x.shape[-1]
-        if dy or dx:
+        if dy != 0 or dx != 0:  # (ints, not truthiness: TorchScript needs a bool here)
             x = F.pad(x, [dx // 2, dx - dx // 2, dy // 2, dy - dy // 2])
         return self.conv(torch.cat([skip, x], dim=1))
 
@@ -85,26 +85,37 @@ class UNet(nn.Module):
 
     @property
     def size_multiple(self) -> int:
-        return 2**self.depth
+        return 1 << self.depth  # not 2**depth: TorchScript types int ** int as float
+
+    def alignment_padding(self, height: int, width: int) -> list[int]:
+        """[left, right, top, bottom] padding (F.pad order) that brings height and width to a multiple
+        of :attr:`size_multiple`, split evenly so that cropping back keeps the content centred."""
+        m = self.size_multiple
+        pad_h, pad_w = (m - height % m) % m, (m - width % m) % m
+        return [pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        height, width = x.shape[-2:]
-        m = self.size_multiple
-        pad_h, pad_w = (-height) % m, (-width) % m
-        if pad_h or pad_w:
+        height, width = x.shape[-2], x.shape[-1]
+        pads = self.alignment_padding(height, width)
+        padded = max(pads) > 0
+        if padded:
             # Reflect needs pad < size; replicate covers tiny inputs.
-            mode = "reflect" if pad_h < height and pad_w < width else "replicate"
-            x = F.pad(x, [pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2], mode=mode)
+            reflect = pads[2] + pads[3] < height and pads[0] + pads[1] < width
+            x = F.pad(x, pads, mode="reflect" if reflect else "replicate")
+        y = self.forward_aligned(x)
+        if padded:
+            y = y[..., pads[2] : pads[2] + height, pads[0] : pads[0] + width]
+        return y
+
+    def forward_aligned(self, x: torch.Tensor) -> torch.Tensor:
+        """The encoder-decoder proper, for inputs whose sides are multiples of :attr:`size_multiple`."""
         skips = [self.inc(x)]
         for down in self.downs:
             skips.append(down(skips[-1]))
         y = skips.pop()
         for up in self.ups:
             y = up(y, skips.pop())
-        y = self.outc(y)
-        if pad_h or pad_w:
-            y = y[..., pad_h // 2 : pad_h // 2 + height, pad_w // 2 : pad_w // 2 + width]
-        return y
+        return self.outc(y)
 
 
 @dataclass(frozen=True)
