@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 from unetseg.atomic import atomic_open
 from unetseg.config import ExportConfig, check_export, to_typed
 from unetseg.console import console
-from unetseg.engine.checkpoint import load_checkpoint
+from unetseg.engine.checkpoint import load_checkpoint, newest_checkpoint
 from unetseg.engine.export import (
     DEFAULT_SUFFIXES,
     SUFFIXES,
@@ -21,7 +21,6 @@ from unetseg.engine.export import (
     metadata,
     require_exporter,
 )
-from unetseg.engine.predictor import newest_checkpoint
 from unetseg.errors import UserError
 from unetseg.paths import user_path
 from unetseg.runner import run_command
