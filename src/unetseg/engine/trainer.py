@@ -291,7 +291,9 @@ class Trainer:
                     state = training_state(optimizer, scaler, schedule, monitor, best)
                     save_checkpoint(self._checkpoint(model, epoch, last, state), self.checkpoint_dir / "last.pt")
                     self._append_metrics(epoch, last, time.perf_counter() - epoch_started, improved)
-                status = f"{monitor.key} {last[monitor.key]:.4f} (best {monitor.best:.4f} @ {monitor.best_epoch})"
+                best_label = "best EMA" if monitor.ema else "best"
+                status = f"{monitor.key} {last[monitor.key]:.4f} ({best_label} {monitor.best:.4f}"
+                status += f" @ {monitor.best_epoch})"
                 progress.update(epochs_task, advance=1, status=status)
                 line = f"epoch {epoch}/{t.epochs} · {epoch_line(last, self.class_names)}"
                 if self.world.is_main:
