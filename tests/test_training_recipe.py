@@ -32,6 +32,8 @@ def test_border_weight_map_follows_the_unet_formula() -> None:
     assert weights[10, 10] > weights[0, 26] > balance[0, 26]  # a tight border outweighs open background
     # class balance: each present class carries the same total weight
     assert balance[label == 0].sum() == pytest.approx(balance[label == 1].sum())
+    unbalanced = border_weight_map(label, 1, w0=10.0, sigma=5.0, balance_classes=False)
+    assert unbalanced[10, 10] == pytest.approx(1 + 10 * math.exp(-9 / 50), rel=1e-4) and unbalanced[8, 5] == 1
 
 
 def test_weighted_bce_weights_pixels() -> None:

@@ -161,6 +161,7 @@ class TrainerConfig:
     loss: LossName = MISSING
     border_weight: float = MISSING
     border_sigma: float = MISSING
+    class_balance: bool = MISSING
     threshold: float = MISSING
     monitor: str = MISSING
     monitor_ema: float = MISSING

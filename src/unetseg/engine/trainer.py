@@ -214,7 +214,8 @@ class Trainer:
         if t.loss not in WEIGHTED:
             return items
         items.weights = [
-            border_weight_map(label, self.spec.num_classes, t.border_weight, t.border_sigma) for label in items.labels
+            border_weight_map(label, self.spec.num_classes, t.border_weight, t.border_sigma, t.class_balance)
+            for label in items.labels
         ]
         return items
 
