@@ -49,6 +49,16 @@ class TestTimeAugmentation(str, Enum):
     d4 = "d4"
 
 
+class ProbabilityFormat(str, Enum):
+    png = "png"
+    tiff = "tiff"
+
+
+class OverlayStyle(str, Enum):
+    tint = "tint"
+    outline = "outline"
+
+
 class DataSource(str, Enum):
     folder = "folder"
     synthetic = "synthetic"
@@ -151,6 +161,8 @@ class PredictConfig:
     batch_size: int = MISSING
     tta: TestTimeAugmentation = MISSING
     save: list[str] = MISSING
+    probability_format: ProbabilityFormat = MISSING
+    overlay_style: OverlayStyle = MISSING
     overwrite: bool = MISSING
     runs_root: str = MISSING
 
