@@ -68,7 +68,7 @@ def refuse_existing(sources: list[ImageSource], output: Path, overwrite: bool, p
         )
 
 
-def check_inputs_everywhere(sources: list[ImageSource], channels: int) -> None:
+def check_inputs_everywhere(sources: list[ImageSource], channels: int, device: torch.device) -> None:
     """Decode every page before the first output is written, on every rank (one page in memory at a
     time): if any rank finds a bad file or page, that rank reports it and all ranks stop."""
     problem: UserError | None = None
@@ -78,7 +78,7 @@ def check_inputs_everywhere(sources: list[ImageSource], channels: int) -> None:
                 pass
     except UserError as error:
         problem = error
-    if distributed_any(problem is not None):
+    if distributed_any(problem is not None, device):
         if problem is not None:
             raise problem
         sys.exit(EXIT_USER_ERROR)  # another rank reported the bad file
@@ -173,7 +173,7 @@ def predict(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
     # Under torchrun each rank takes every world.size-th file; alone, this is every file.
     shard = sources[world.rank :: world.size]
-    check_inputs_everywhere(shard, predictor.in_channels)
+    check_inputs_everywhere(shard, predictor.in_channels, device)
     output.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     pixels = 0
@@ -183,7 +183,8 @@ def predict(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             pixels += predict_source(source, pages, predictor, plan, output, bars)
     barrier()  # the summary below counts every rank's images
     seconds = time.perf_counter() - started
-    totals = all_reduce_sum(torch.tensor([sum(s.pages for s in shard), pixels], dtype=torch.float64))
+    counts = [sum(source.pages for source in shard), pixels]
+    totals = all_reduce_sum(torch.tensor(counts, dtype=torch.float64, device=device)).cpu()  # nccl: on the GPU
     summary = end_line(int(totals[0]), len(sources), float(totals[1]) / 1e6, seconds, output)
     log.info("%s (checkpoint %s)", summary, checkpoint_path)
     console.print(summary)

@@ -12,10 +12,10 @@ _DONE = object()
 
 
 def read_ahead(items: Iterable[T], depth: int = 1) -> Iterator[T]:
-    """``items`` in order, produced by a thread at most ``depth`` items ahead of the consumer (so memory
-    holds ``depth`` + 1 decoded images, not a whole folder or stack). An exception in the producer is
-    raised in the consumer; a consumer that stops early stops the thread. Decoding (OpenCV, zlib) releases
-    the GIL, so it overlaps with the network's forward passes."""
+    """``items`` in order, produced by a thread that runs ahead of the consumer by at most ``depth`` queued
+    items plus the one it is producing: ``depth`` + 2 decoded images at most, never a whole folder or
+    stack. An exception in the producer is raised in the consumer; a consumer that stops early stops the
+    thread. Decoding (OpenCV, zlib) releases the GIL, so it overlaps with the network's forward passes."""
     ready: queue.Queue[object] = queue.Queue(maxsize=depth)
     stop = threading.Event()
 
