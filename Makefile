@@ -3,6 +3,7 @@
 # make bench: plain vs fast path throughput (training and prediction, 512×512, classic U-Net).
 # make isbi: train experiment=isbi on ISBI 2012 slices 0-19, score it on 20-24, overlay the test slices.
 # make isbi-classic: the classic recipe on the same slices, scored the same way (about an hour on 2 CPU cores).
+# make bench-memory: peak memory and time of unetseg predict on 1k, 4k and 8k images (8k: ~10+ min on 2 cores).
 PYTHON ?= python3
 VENV ?= .venv
 # This machine has a local CPU wheel of exactly this version; override on a GPU box, e.g. TORCH_SPEC=torch
@@ -12,7 +13,7 @@ STAMP := $(VENV)/.unetseg-installed
 HELDOUT := outputs/heldout-synthetic
 ISBI ?= ../shared/data/isbi2012
 
-.PHONY: install run test lint bench isbi isbi-classic clean
+.PHONY: install run test lint bench bench-memory isbi isbi-classic clean
 
 install: $(STAMP)
 
@@ -36,6 +37,9 @@ test: lint
 
 bench: install
 	$(BIN)/python benchmarks/throughput.py --json outputs/benchmark-throughput.json
+
+bench-memory: install
+	$(BIN)/python benchmarks/predict_memory.py --json outputs/benchmark-predict-memory.json
 
 # $(call isbi_run,NAME,TRAIN OVERRIDES): train into outputs/isbi/NAME, then evaluate best.pt on slices 20-24
 # without and with 8-fold test-time augmentation.

@@ -31,6 +31,8 @@ from conftest import TINY, assert_one_line_error, run_cli, write_dataset
         (["predict"], ["input is not set"]),
         (["predict", "input=x", "save=[mask,heatmap]"], ["save=", "mask, probability, overlay"]),
         (["predict", "input=x", "overlap=1"], ["overlap=1.0", "[0, 1)"]),
+        (["predict", "input=x", "probability_format=jpeg"], ["probability_format", "png, tiff"]),
+        (["predict", "input=x", "overlay_style=fill"], ["overlay_style", "tint, outline"]),
         (["train", "--foo"], ["unrecognized arguments: --foo", "unetseg train --help"]),
         (["train", "model"], ["'model' is not an override", "KEY=VALUE"]),
         (["train", "data.root=somewhere"], ["data=synthetic makes its own images", "data=isbi"]),
@@ -146,6 +148,11 @@ def test_predict_checks_every_input_before_writing(tmp_path: Path) -> None:
     )
     assert_one_line_error(result, "2.png", "corrupt")
     assert not (tmp_path / "masks").exists()
+
+
+def test_predict_glob_without_matches(tmp_path: Path) -> None:
+    result = run_cli("predict", "input=nothing/*.tif", cwd=tmp_path)
+    assert_one_line_error(result, "input=nothing/*.tif matches no images")
 
 
 def test_predict_input_without_images(tmp_path: Path) -> None:

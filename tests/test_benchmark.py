@@ -38,3 +38,41 @@ def test_throughput_benchmark_reports_both_paths(tmp_path: Path) -> None:
         for path in ("plain", "fast"):
             assert row[path]["images_per_s"] > 0 and row[path]["peak_memory_mib"] > 0
     assert "speedup" in result.stdout
+
+
+def test_predict_memory_benchmark_measures_the_real_cli(tmp_path: Path) -> None:
+    out = tmp_path / "memory.json"
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "predict_memory.py"),
+            "--sizes",
+            "64",
+            "160",
+            "--base-channels",
+            "4",
+            "--depth",
+            "2",
+            "--tile-size",
+            "64",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = json.loads(out.read_text())["sizes"]
+    assert [row["size"] for row in rows] == [64, 160]
+    assert [row["tiles"] for row in rows] == [4, 25]  # 64 + 2×8 mirrored → 2 tiles a side; 176 → 5
+    for row in rows:
+        # the child's own peak: a Python process with torch loaded, far below the 2 GiB budget
+        assert 100 < row["peak_rss_mib"] < 2048
+        assert row["seconds"] > 0
+        assert abs(row["mib_per_megapixel"] - row["peak_rss_mib"] / (row["size"] ** 2 / 1e6)) < 0.01 * row[
+            "mib_per_megapixel"
+        ]
+        assert "images/s" in row["end_line"] and "megapixels/s" in row["end_line"]
+    assert rows[1]["growth_mib_per_added_megapixel"] is not None
+    assert "MiB per added MP" in result.stdout

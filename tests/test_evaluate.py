@@ -90,6 +90,16 @@ def test_evaluate_bad_input(tmp_path: Path, trained: tuple[Path, Path]) -> None:
         "evaluate", f"checkpoint={checkpoint}", f"input={data / 'image'}", f"labels={labels}", cwd=tmp_path
     )
     assert unpaired.returncode == 2 and "Traceback" not in unpaired.stderr
+    overlay = run_cli(
+        "predict",
+        f"input={data / 'image'}",
+        f"checkpoint={checkpoint}",
+        "save=[overlay]",
+        "overlay_classes=[nucleus]",
+        f"output={tmp_path / 'o'}",
+        cwd=tmp_path,
+    )
+    assert_one_line_error(overlay, "overlay_classes=['nucleus']", "background, foreground")
     missing = run_cli("evaluate", "checkpoint=nope.pt", f"data.root={data}", cwd=tmp_path)
     assert_one_line_error(missing, "nope.pt", "does not exist")
     assert not (tmp_path / "outputs" / "evaluate").exists() or not any((tmp_path / "outputs" / "evaluate").iterdir())

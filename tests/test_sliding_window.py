@@ -1,43 +1,15 @@
 """Sliding-window inference and test-time augmentation."""
 
-from functools import lru_cache
-
 import numpy as np
 import pytest
 import torch
 
-from unetseg.config import LossName
-from unetseg.data.normalize import PercentileNormalizer
+from conftest import FP32
+from conftest import trained_checkpoint as checkpoint
 from unetseg.data.synthetic import synthetic_pair
-from unetseg.engine.checkpoint import Checkpoint
-from unetseg.engine.losses import compute_loss
-from unetseg.engine.precision import choose_fast_path
 from unetseg.engine.predictor import Predictor, Tiling
 from unetseg.engine.sliding_window import dihedral_transforms, importance_map, tile_starts, with_tta
 from unetseg.errors import UserError
-from unetseg.model import ModelSpec
-
-FP32 = choose_fast_path(torch.device("cpu"), "fp32", channels_last=False)
-
-
-@lru_cache(maxsize=2)
-def checkpoint(num_classes: int = 1) -> Checkpoint:
-    """A small network trained for a few seconds on synthetic data, so its output follows the image."""
-    torch.manual_seed(0)
-    spec = ModelSpec("bilinear", 1, num_classes, 8, 3)
-    model = spec.build().train()
-    normalizer = PercentileNormalizer(0.5, 99.5)
-    pairs = [synthetic_pair(3, index, 64) for index in range(8)]
-    images = torch.from_numpy(np.stack([normalizer(image[None]) for image, _ in pairs]))
-    labels = torch.from_numpy(np.stack([label for _, label in pairs]).astype(np.int64))
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(40):
-        loss = compute_loss(LossName.bce, model(images), labels.clamp(max=num_classes - 1 if num_classes > 1 else 1))
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    names = ["a", "b", "c"][: max(2, num_classes)]
-    return Checkpoint(model.state_dict(), spec, normalizer, names, 0.5, 1, {})
 
 
 def test_tiles_cover_the_image() -> None:

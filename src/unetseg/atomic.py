@@ -28,8 +28,9 @@ def atomic_open(path: Path) -> Iterator[BinaryIO]:
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as handle:
+        with open(tmp, "wb") as handle:  # by name, not fd: writers such as tifffile want handle.name
             yield handle
         os.chmod(tmp, _FILE_MODE)  # mkstemp makes 0600; give the permissions open() would have given
         os.replace(tmp, path)

@@ -65,6 +65,16 @@ class ExportFormat(str, Enum):
     torchscript = "torchscript"
 
 
+class ProbabilityFormat(str, Enum):
+    png = "png"
+    tiff = "tiff"
+
+
+class OverlayStyle(str, Enum):
+    tint = "tint"
+    outline = "outline"
+
+
 class DataSource(str, Enum):
     folder = "folder"
     synthetic = "synthetic"
@@ -213,6 +223,9 @@ class PredictConfig(InferenceConfig):
     checkpoint: str | None = MISSING
     output: str | None = MISSING
     save: list[str] = MISSING
+    probability_format: ProbabilityFormat = MISSING
+    overlay_style: OverlayStyle = MISSING
+    overlay_classes: list[str] | None = MISSING
     overwrite: bool = MISSING
     runs_root: str = MISSING
 

@@ -22,7 +22,7 @@ from unetseg.errors import UserError
 from unetseg.paths import user_path
 from unetseg.runner import run_command
 
-from .inference import build_predictor, checkpoint_path, describe
+from .inference import build_predictor, describe, find_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ def finite_or_none(scores: dict[str, float]) -> dict[str, float | None]:
 def evaluate(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     typed: EvaluateConfig = to_typed(cfg)
     check_evaluate(typed)
-    path = checkpoint_path(typed.checkpoint, typed.runs_root)
+    path = find_checkpoint(typed.checkpoint, typed.runs_root)
     predictor = build_predictor(typed, path)
     class_names = predictor.checkpoint.class_names
     items, source = labelled_images(typed, predictor)

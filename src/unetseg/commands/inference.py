@@ -16,7 +16,7 @@ from unetseg.engine.predictor import Predictor, Tiling
 from unetseg.paths import user_path
 
 
-def checkpoint_path(given: str | None, runs_root: str) -> Path:
+def find_checkpoint(given: str | None, runs_root: str) -> Path:
     """``given``, or else the newest best.pt under ``runs_root`` (chosen by rank 0 under torchrun, so
     that a run finishing meanwhile cannot split the ranks)."""
     if given:

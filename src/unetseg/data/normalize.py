@@ -17,21 +17,38 @@ _MAX_SAMPLES = 1 << 20
 
 
 @dataclass(frozen=True)
+class Scaling:
+    """One image's normalisation, ``(value - low) / (high - low)`` clipped to [0, 1]: fitted once on the
+    whole image, then applied to any part of it (sliding-window tiles), with the same result per pixel."""
+
+    low: float
+    high: float
+
+    def __call__(self, values: np.ndarray) -> np.ndarray:
+        """Any array of the image's values → float32 in [0, 1], same shape."""
+        scaled = values.astype(np.float32)
+        if self.high <= self.low:  # a constant image: nothing to stretch
+            return np.zeros_like(scaled)
+        scaled -= np.float32(self.low)
+        scaled *= np.float32(1.0 / (self.high - self.low))
+        return np.clip(scaled, 0.0, 1.0, out=scaled)
+
+
+@dataclass(frozen=True)
 class PercentileNormalizer:
     low_percentile: float
     high_percentile: float
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
         """(C, H, W) of any numeric dtype → float32 in [0, 1]; all channels share one scale."""
+        return self.fit(image)(image)
+
+    def fit(self, image: np.ndarray) -> Scaling:
+        """The image's low/high percentiles, from a strided subsample of at most ``_MAX_SAMPLES`` pixels."""
         values = image.reshape(-1)
         stride = max(1, values.size // _MAX_SAMPLES)
         low, high = np.percentile(values[::stride], [self.low_percentile, self.high_percentile])
-        scaled = image.astype(np.float32)
-        if high <= low:  # a constant image: nothing to stretch
-            return np.zeros_like(scaled)
-        scaled -= np.float32(low)
-        scaled *= np.float32(1.0 / (high - low))
-        return np.clip(scaled, 0.0, 1.0, out=scaled)
+        return Scaling(float(low), float(high))
 
     def to_dict(self) -> dict[str, object]:
         return {"method": "percentile", "low": self.low_percentile, "high": self.high_percentile}

@@ -2,17 +2,29 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from unetseg.data.normalize import Scaling
 from unetseg.engine.checkpoint import Checkpoint, newest_checkpoint  # noqa: F401 - re-exported for predict
 from unetseg.engine.metrics import classes_from_probabilities, to_probabilities
 from unetseg.engine.precision import FastPath
-from unetseg.engine.sliding_window import sliding_window, with_tta
+from unetseg.engine.sliding_window import Prepare, assemble, blended_rows, count_tiles, with_tta
 from unetseg.errors import UserError
 from unetseg.model import fold_batchnorm
+
+
+@dataclass
+class Segmentation:
+    """One image's prediction as predict keeps it: class ids, probabilities only when they are written
+    (as uint16 × 65535 or float32), and the normalised input a few rows at a time (for overlays)."""
+
+    classes: np.ndarray  # (H, W) uint8
+    probabilities: np.ndarray | None  # (K, H, W) uint16 or float32
+    normalised_rows: Callable[[slice], np.ndarray]  # rows → (C, rows, W) float32 in [0, 1]
 
 
 @dataclass(frozen=True)
@@ -52,6 +64,11 @@ class Predictor:
     def num_classes(self) -> int:
         return max(2, self.checkpoint.model.num_classes)
 
+    @property
+    def num_outputs(self) -> int:
+        """Probability channels: 1 (foreground) for a binary network, else one per class."""
+        return self.checkpoint.model.num_classes
+
     def _probabilities(self, batch: torch.Tensor) -> torch.Tensor:
         """(N, C, h, w) normalised → (N, K, h, w): sigmoid of a single logit, softmax of several."""
         with self.fast.autocast():
@@ -61,21 +78,63 @@ class Predictor:
         """Raw (C, H, W) image of any dtype → float32 in [0, 1], exactly as in training."""
         return self.checkpoint.normalization(image)
 
+    def scaling_of(self, image: np.ndarray) -> Scaling:
+        """The normalisation of this raw image, to apply to parts of it (``normalise`` = fit and apply)."""
+        return self.checkpoint.normalization.fit(image)
+
     def probabilities(self, image: np.ndarray) -> np.ndarray:
         """Raw (C, H, W) image of any dtype → (K, H, W) float32 probabilities (K = 1 for a binary net)."""
         return self.probabilities_of(self.normalise(image))
 
-    @torch.inference_mode()
     def probabilities_of(self, normalised: np.ndarray) -> np.ndarray:
         """Normalised (C, H, W) image → (K, H, W) float32 probabilities."""
-        x = torch.from_numpy(normalised)
+        _, height, width = normalised.shape
+        rows = self.probability_rows(normalised, lambda crops: crops.astype(np.float32, copy=False))
+        return assemble(rows, self.num_outputs, height, width)
+
+    @torch.inference_mode()
+    def probability_rows(
+        self, image: np.ndarray, prepare: Prepare, on_tiles: Callable[[int], None] | None = None
+    ) -> Iterator[tuple[int, np.ndarray]]:
+        """(C, H, W) image → (first row, (K, rows, W) float32 probabilities) bands, top to bottom.
+
+        ``prepare`` normalises raw crops (``scaling_of(image)``), so a large image is never held as
+        float32; a band can be turned into classes before the next one is computed.
+        """
         forward = with_tta(self._probabilities, self.tiling.tta)
         t = self.tiling
         if t.tile is None:
-            return forward(x[None])[0].cpu().numpy()
-        return sliding_window(
-            x, forward, t.tile, t.overlap, t.gaussian, t.batch_size, self.checkpoint.model.num_classes
+            yield 0, forward(torch.from_numpy(prepare(image[None])))[0].float().cpu().numpy()
+            if on_tiles is not None:
+                on_tiles(1)
+            return
+        yield from blended_rows(
+            image, prepare, forward, t.tile, t.overlap, t.gaussian, t.batch_size, self.num_outputs, on_tiles
         )
+
+    def segment(
+        self,
+        image: np.ndarray,
+        probability_dtype: type[np.generic] | None = None,
+        on_tiles: Callable[[int], None] | None = None,
+    ) -> Segmentation:
+        """Raw (C, H, W) image → classes (and probabilities if a dtype is given), band by band: memory is
+        the image, the outputs and one band of float32, never (K, H, W) float32 for the whole image."""
+        _, height, width = image.shape
+        scaling = self.scaling_of(image)
+        classes = np.empty((height, width), np.uint8)
+        kept = None if probability_dtype is None else np.empty((self.num_outputs, height, width), probability_dtype)
+        for top, band in self.probability_rows(image, scaling, on_tiles):
+            rows = slice(top, top + band.shape[1])
+            classes[rows] = self.classes_of(band)
+            if kept is not None:
+                kept[:, rows] = _stored(band, kept.dtype)
+        return Segmentation(classes, kept, lambda rows: scaling(image[:, rows]))
+
+    def tile_count(self, height: int, width: int) -> int:
+        """How many network passes (before test-time augmentation) an image of this size takes."""
+        t = self.tiling
+        return 1 if t.tile is None else count_tiles(height, width, t.tile, t.overlap)
 
     def predict(self, image: np.ndarray) -> np.ndarray:
         """Raw (C, H, W) image → (H, W) uint8 class ids: probability ≥ threshold, or argmax."""
@@ -86,6 +145,12 @@ class Predictor:
         classes = classes_from_probabilities(torch.from_numpy(probabilities)[None], self.threshold)
         return classes[0].to(torch.uint8).numpy()
 
-    def to_png_values(self, classes: np.ndarray) -> np.ndarray:
-        """Class ids → visible grey levels: 0/255 for a binary mask, evenly spread for several classes."""
-        return (classes * (255 // (self.num_classes - 1))).astype(np.uint8)
+
+def _stored(probabilities: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """float32 probabilities as kept for writing: unchanged, or × 65535 rounded for a 16-bit PNG."""
+    if dtype == np.float32:
+        return probabilities
+    np.clip(probabilities, 0, 1, out=probabilities)
+    probabilities *= 65535
+    return np.rint(probabilities, out=probabilities)
+
