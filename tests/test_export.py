@@ -235,7 +235,7 @@ def test_help_lists_export(tmp_path: Path) -> None:
         (["format=tflite"], ["format", "onnx, torchscript"]),
         (["opset=11"], ["opset=11", "18 or newer"]),
         (["checkpoint=nope.pt", "format=torchscript"], ["nope.pt", "does not exist"]),
-        (["format=torchscript"], ["no checkpoint given", "unetseg train"]),
+        (["format=torchscript"], ["no training run with checkpoints/best.pt", "unetseg train"]),
     ],
 )
 def test_bad_input_is_one_line(tmp_path: Path, args: list[str], fragments: list[str]) -> None:
