@@ -54,7 +54,7 @@ endef
 isbi: install
 	$(call isbi_run,preset,experiment=isbi)
 	$(BIN)/unetseg predict input=$(ISBI)/test checkpoint=outputs/isbi/preset/checkpoints/best.pt \
-		output=outputs/isbi/preset/test save=[mask,overlay] overwrite=true
+		output=outputs/isbi/preset/test save=[mask,overlay] overlay_classes=[membrane] overwrite=true
 
 isbi-classic: install
 	$(call isbi_run,classic,data=isbi)
