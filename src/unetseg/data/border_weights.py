@@ -24,6 +24,14 @@ def class_balance(label: np.ndarray, num_classes: int) -> np.ndarray:
     return per_class[label].astype(np.float32)
 
 
+def exact_distances(distance: np.ndarray) -> np.ndarray:
+    """OpenCV's precise Euclidean transform, made bit-reproducible. Its squared distances are whole
+    numbers, but OpenCV 5 returns their square roots with a last-bit error that varies from call to call
+    (about 4e-6 on a 48×48 label), which made two runs of the same training differ. Rounding the squares
+    to integers and taking numpy's correctly rounded square root gives the same float32 every time."""
+    return np.sqrt(np.rint(np.square(distance, dtype=np.float64))).astype(np.float32)
+
+
 def two_nearest_distances(foreground: np.ndarray, reach: float) -> tuple[np.ndarray, np.ndarray]:
     """Per pixel, the distances to the nearest and second-nearest 4-connected region of ``foreground``
     (inf beyond ``reach`` px). Each region's distance transform is computed only in its bounding box
@@ -39,7 +47,7 @@ def two_nearest_distances(foreground: np.ndarray, reach: float) -> tuple[np.ndar
         bottom, right = min(height, y + h + margin), min(width, x + w + margin)
         window = regions[top:bottom, left:right]
         outside = (window != region).astype(np.uint8)
-        distance = cv2.distanceTransform(outside, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+        distance = exact_distances(cv2.distanceTransform(outside, cv2.DIST_L2, cv2.DIST_MASK_PRECISE))
         near, sec = nearest[top:bottom, left:right], second[top:bottom, left:right]
         closer = distance < near
         sec[:] = np.where(closer, near, np.minimum(sec, distance))
