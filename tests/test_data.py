@@ -5,6 +5,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import tifffile
 from hydra import compose, initialize_config_dir
 
 from conftest import write_dataset
@@ -74,6 +75,32 @@ def test_corrupt_image_is_named(tmp_path: Path) -> None:
     (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     with pytest.raises(UserError, match="broken.png"):
         read_image(tmp_path / "broken.png", channels=1)
+
+
+def test_tiffs_are_read_as_predict_reads_them(tmp_path: Path) -> None:
+    gray16 = np.arange(20 * 30, dtype=np.uint16).reshape(20, 30) * 7
+    tifffile.imwrite(tmp_path / "g16.tif", gray16, photometric="minisblack", compression="zlib")
+    rgb = np.zeros((20, 30, 3), np.uint8)
+    rgb[..., 0] = 200  # red, stored RGB by tifffile
+    tifffile.imwrite(tmp_path / "rgb.tif", rgb, photometric="rgb")
+    label = (gray16 > 2000).astype(np.uint8) * 255
+    tifffile.imwrite(tmp_path / "label.tif", label, photometric="minisblack", compression="zlib")
+    assert np.array_equal(read_image(tmp_path / "g16.tif", channels=1)[0], gray16)
+    colour = read_image(tmp_path / "rgb.tif", channels=3)
+    assert colour[0].max() == 200 and colour[2].max() == 0
+    assert np.array_equal(read_label(tmp_path / "label.tif"), label)
+    # A corrupt page is an error (OpenCV's TIFF reader returns garbage instead), and so is a stack.
+    tifffile.imwrite(tmp_path / "bad.tif", gray16, photometric="minisblack", compression="zlib")
+    with tifffile.TiffFile(tmp_path / "bad.tif") as tif:
+        offset, count = tif.pages[0].dataoffsets[0], tif.pages[0].databytecounts[0]
+    data = bytearray((tmp_path / "bad.tif").read_bytes())
+    data[offset : offset + count] = b"\xff" * count
+    (tmp_path / "bad.tif").write_bytes(bytes(data))
+    with pytest.raises(UserError, match="bad.tif"):
+        read_label(tmp_path / "bad.tif")
+    tifffile.imwrite(tmp_path / "stack.tif", np.stack([gray16, gray16]), photometric="minisblack")
+    with pytest.raises(UserError, match="stack of 2 pages"):
+        read_image(tmp_path / "stack.tif", channels=1)
 
 
 def test_normalises_8_bit_to_unit_range() -> None:

@@ -1,4 +1,5 @@
-"""Reading and writing image files with OpenCV: 8/16-bit, grayscale or colour, errors named by file."""
+"""Reading and writing image files with OpenCV (TIFFs through unetseg.data.tiff, as predict reads them):
+8/16-bit, grayscale or colour, errors named by file."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import cv2
 import numpy as np
 
 from unetseg.atomic import atomic_open
+from unetseg.data.tiff import TIFF_SUFFIXES, decode_page, open_tiff
 from unetseg.errors import UserError
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
@@ -31,6 +33,18 @@ def list_images(folder: Path) -> list[Path]:
 
 
 def _decode(path: Path, flags: int) -> np.ndarray:
+    """One image in OpenCV's layout. TIFFs go through tifffile where it can read them (it reports a corrupt
+    page where OpenCV returns garbage), exactly as ``unetseg predict`` reads them."""
+    if path.suffix.lower() in TIFF_SUFFIXES:
+        tif = open_tiff(path)
+        if tif is not None:
+            with tif:
+                if len(tif.pages) != 1:
+                    raise UserError(
+                        f"{path} is a stack of {len(tif.pages)} pages, but training and evaluation read one image "
+                        "(and one label) per file: save each slice as its own file"
+                    )
+                return decode_page(tif, 0, str(path))
     try:
         data = np.fromfile(path, dtype=np.uint8)
     except OSError as error:
