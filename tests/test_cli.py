@@ -40,6 +40,7 @@ def test_help_version_and_usage(tmp_path: Path) -> None:
         train_help.returncode == 0
         and "unetseg train" in train_help.stdout
         and "model: bilinear, transposed" in train_help.stdout
+        and "inference" not in train_help.stdout  # predict's and evaluate's settings are not a train group
     )
     predict_help = run_cli("predict", "--help", cwd=tmp_path)
     assert predict_help.returncode == 0 and "input=PATH" in predict_help.stdout

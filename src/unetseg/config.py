@@ -204,7 +204,7 @@ class TrainConfig:
 
 @dataclass
 class InferenceConfig:
-    """How a checkpoint predicts (conf/inference/default.yaml): shared by predict and evaluate."""
+    """How a checkpoint predicts (conf/inference.yaml): shared by predict and evaluate."""
 
     threshold: float | None = MISSING
     device: str = MISSING
