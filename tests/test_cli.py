@@ -210,11 +210,14 @@ def test_installed_completion_script_completes_in_bash(tmp_path: Path) -> None:
     assert "model=bilinear" in result.stdout.split(), result.stdout + result.stderr
 
 
-@pytest.mark.skipif(
+needs_isbi = pytest.mark.skipif(
     not ISBI_TRAIN.is_dir(),
     reason=f"ISBI 2012 data not found at {ISBI_TRAIN} (../shared is absent "
     "in a fresh clone; set UNETSEG_ISBI_ROOT to point at isbi2012/train)",
 )
+
+
+@needs_isbi
 def test_trains_a_few_steps_on_isbi(tmp_path: Path) -> None:
     result = run_cli(
         "train",
@@ -230,3 +233,27 @@ def test_trains_a_few_steps_on_isbi(tmp_path: Path) -> None:
     assert "20 training, 5 validation images" in result.stdout
     summary = json.loads((only_run_dir(tmp_path) / "metrics.json").read_text())
     assert "dice_membrane" in summary["best"] and 0 <= summary["best"]["dice_membrane"] <= 1
+
+
+@needs_isbi
+def test_isbi_preset_trains_and_is_scored_on_the_held_out_slices(tmp_path: Path) -> None:
+    # experiment=isbi as `make isbi` runs it, cut to two steps: crops, border weights, elastic, evaluate with TTA.
+    trained = run_cli(
+        "train",
+        "experiment=isbi",
+        f"data.root={ISBI_TRAIN}",
+        "trainer.epochs=1",
+        "data.samples_per_epoch=16",
+        cwd=tmp_path,
+    )
+    assert trained.returncode == 0, trained.stderr
+    assert "20 training (256×256 crops), 16 samples per epoch, 5 validation images" in trained.stdout
+    checkpoint = only_run_dir(tmp_path) / "checkpoints" / "best.pt"
+    assert torch.load(checkpoint, weights_only=True)["threshold"] == 0.3
+    scored = run_cli(
+        "evaluate", f"checkpoint={checkpoint}", f"data.root={ISBI_TRAIN}", "tta=flip", "output=scores", cwd=tmp_path
+    )
+    assert scored.returncode == 0, scored.stderr
+    metrics = json.loads((tmp_path / "scores" / "metrics.json").read_text())
+    assert list(metrics["per_image"]) == ["20", "21", "22", "23", "24"]
+    assert 0 <= metrics["mean"]["rand_error"] <= 1 and 0 <= metrics["mean"]["dice_membrane"] <= 1
