@@ -3,7 +3,7 @@
 # make bench: plain vs fast path throughput (training and prediction, 512×512, classic U-Net).
 # make isbi: train experiment=isbi on ISBI 2012 slices 0-19, score it on 20-24, overlay the test slices.
 # make isbi-classic: the classic recipe on the same slices, scored the same way (about an hour on 2 CPU cores).
-# make isbi-long: the preset at twice the width and 1,440 steps (about 35 minutes on 2 CPU cores), scored the same way.
+# make isbi-long: the preset at twice the width and 1,440 steps (about 36 minutes on 2 CPU cores), scored the same way.
 # make bench-memory: peak memory and time of unetseg predict on 1k, 4k and 8k images (8k: ~10+ min on 2 cores).
 PYTHON ?= python3
 VENV ?= .venv
