@@ -1,4 +1,4 @@
-"""The throughput benchmark runs end to end (at a tiny size; the real figures come from `make bench`)."""
+"""The benchmarks run end to end (at tiny sizes; the real figures come from `make bench` and `make bench-memory`)."""
 
 import json
 import subprocess
@@ -8,27 +8,15 @@ from pathlib import Path
 from conftest import REPO
 
 
+def run_benchmark(script: str, out: Path, *args: str) -> subprocess.CompletedProcess:
+    """Run ``benchmarks/<script>`` with ``args`` and ``--json out``, as `make bench` does."""
+    command = [sys.executable, str(REPO / "benchmarks" / script), *args, "--json", str(out)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=600)
+
+
 def test_throughput_benchmark_reports_both_paths(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "benchmarks" / "throughput.py"),
-            "--size",
-            "64",
-            "--rounds",
-            "1",
-            "--steps",
-            "1",
-            "--warmup",
-            "1",
-            "--json",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    result = run_benchmark("throughput.py", out, "--size", "64", "--rounds", "1", "--steps", "1", "--warmup", "1")
     assert result.returncode == 0, result.stderr
     report = json.loads(out.read_text())
     assert set(report["matmul_gflops"]) == {"fp32", "bf16"}
@@ -42,25 +30,8 @@ def test_throughput_benchmark_reports_both_paths(tmp_path: Path) -> None:
 
 def test_predict_memory_benchmark_measures_the_real_cli(tmp_path: Path) -> None:
     out = tmp_path / "memory.json"
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "benchmarks" / "predict_memory.py"),
-            "--sizes",
-            "64",
-            "160",
-            "--base-channels",
-            "4",
-            "--depth",
-            "2",
-            "--tile-size",
-            "64",
-            "--json",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
+    result = run_benchmark(
+        "predict_memory.py", out, "--sizes", "64", "160", "--base-channels", "4", "--depth", "2", "--tile-size", "64"
     )
     assert result.returncode == 0, result.stdout + result.stderr
     rows = json.loads(out.read_text())["sizes"]
@@ -70,9 +41,10 @@ def test_predict_memory_benchmark_measures_the_real_cli(tmp_path: Path) -> None:
         # the child's own peak: a Python process with torch loaded, far below the 2 GiB budget
         assert 100 < row["peak_rss_mib"] < 2048
         assert row["seconds"] > 0
-        assert abs(row["mib_per_megapixel"] - row["peak_rss_mib"] / (row["size"] ** 2 / 1e6)) < 0.01 * row[
-            "mib_per_megapixel"
-        ]
+        assert (
+            abs(row["mib_per_megapixel"] - row["peak_rss_mib"] / (row["size"] ** 2 / 1e6))
+            < 0.01 * row["mib_per_megapixel"]
+        )
         assert "images/s" in row["end_line"] and "megapixels/s" in row["end_line"]
     assert rows[1]["growth_mib_per_added_megapixel"] is not None
     assert "MiB per added MP" in result.stdout

@@ -32,7 +32,7 @@ def list_images(folder: Path) -> list[Path]:
     return sorted(files, key=natural_key)
 
 
-def _decode(path: Path, flags: int) -> np.ndarray:
+def _decode(path: Path) -> np.ndarray:
     """One image in OpenCV's layout. TIFFs go through tifffile where it can read them (it reports a corrupt
     page where OpenCV returns garbage), exactly as ``unetseg predict`` reads them."""
     if path.suffix.lower() in TIFF_SUFFIXES:
@@ -49,7 +49,7 @@ def _decode(path: Path, flags: int) -> np.ndarray:
         data = np.fromfile(path, dtype=np.uint8)
     except OSError as error:
         raise UserError(f"cannot read {path}: {error.strerror}; check the file's permissions") from None
-    image = cv2.imdecode(data, flags) if data.size else None
+    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
     if image is None:
         raise UserError(f"cannot decode {path}: the file is empty, corrupt or not an image; replace or remove it")
     return image
@@ -61,7 +61,7 @@ def read_image(path: Path, channels: int) -> np.ndarray:
     A colour file read for a 1-channel model is converted to gray; a gray file read for a 3-channel
     model is replicated. Colour comes out RGB.
     """
-    return as_channels(_decode(path, cv2.IMREAD_UNCHANGED), channels)
+    return as_channels(_decode(path), channels)
 
 
 def as_channels(image: np.ndarray, channels: int) -> np.ndarray:
@@ -79,7 +79,7 @@ def as_channels(image: np.ndarray, channels: int) -> np.ndarray:
 
 def read_label(path: Path) -> np.ndarray:
     """Read a label image as (H, W) integers; colour labels must be gray in all channels."""
-    label = _decode(path, cv2.IMREAD_UNCHANGED)
+    label = _decode(path)
     if label.ndim == 3:
         first = label[:, :, 0]
         if not all(np.array_equal(first, label[:, :, c]) for c in range(1, min(label.shape[2], 3))):

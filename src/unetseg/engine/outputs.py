@@ -29,10 +29,6 @@ from unetseg.data.io import write_png_atomic
 from unetseg.data.tiff import tiff_writer
 from unetseg.engine.predictor import Segmentation
 
-KINDS = ("mask", "probability", "overlay")
-PROBABILITY_FORMATS = ("png", "tiff")
-OVERLAY_STYLES = ("tint", "outline")
-
 # RGB colours of classes 1, 2, ... (class 0 is black): green, magenta, yellow, cyan, orange, blue, then
 # hues spread by the golden ratio.
 _COLOURS = [(60, 200, 60), (200, 60, 200), (240, 220, 40), (40, 200, 230), (250, 140, 40), (40, 80, 220)]

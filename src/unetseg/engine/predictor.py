@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from unetseg.data.normalize import Scaling
-from unetseg.engine.checkpoint import Checkpoint, newest_checkpoint  # noqa: F401 - re-exported for predict
+from unetseg.engine.checkpoint import Checkpoint
 from unetseg.engine.metrics import classes_from_probabilities, to_probabilities
 from unetseg.engine.precision import FastPath
 from unetseg.engine.sliding_window import Prepare, assemble, blended_rows, count_tiles, with_tta
