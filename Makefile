@@ -1,5 +1,6 @@
 # make run: set up .venv, train on the built-in synthetic data, predict on held-out images.
-# make test: set up .venv, run ruff and the whole test suite.
+# make test: set up .venv, run ruff and the whole test suite (what CI runs).
+# make test-fast: the inner loop: ruff and every test not marked slow (no end-to-end CLI runs), under a minute.
 # make bench: plain vs fast path throughput (training and prediction, 512×512, classic U-Net).
 # make isbi: train experiment=isbi on ISBI 2012 slices 0-19, score it on 20-24, overlay the test slices.
 # make isbi-classic: the classic recipe on the same slices, scored the same way (about an hour on 2 CPU cores).
@@ -14,7 +15,7 @@ STAMP := $(VENV)/.unetseg-installed
 HELDOUT := outputs/heldout-synthetic
 ISBI ?= ../shared/data/isbi2012
 
-.PHONY: install run test lint bench bench-memory isbi isbi-classic isbi-long clean
+.PHONY: install run test test-fast lint bench bench-memory isbi isbi-classic isbi-long clean
 
 install: $(STAMP)
 
@@ -35,6 +36,9 @@ lint: install
 
 test: lint
 	$(BIN)/pytest
+
+test-fast: lint
+	$(BIN)/pytest -m "not slow"
 
 bench: install
 	$(BIN)/python benchmarks/throughput.py --json outputs/benchmark-throughput.json

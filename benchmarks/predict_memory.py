@@ -28,10 +28,11 @@ import cv2
 import numpy as np
 import torch
 
+from unetseg.config import ModelSpec
 from unetseg.data.normalize import PercentileNormalizer
-from unetseg.engine.checkpoint import Checkpoint, save_checkpoint
-from unetseg.engine.sliding_window import count_tiles
-from unetseg.model import ModelSpec
+from unetseg.inference.sliding_window import count_tiles
+from unetseg.model import build_network
+from unetseg.model.checkpoint import Checkpoint, save_checkpoint
 
 # Runs `python -m unetseg ARGS` in this process and, at exit, writes its VmHWM (KiB) to the file named
 # in UNETSEG_PEAK_FILE.
@@ -138,7 +139,9 @@ def main() -> None:
         spec = ModelSpec("bilinear", 1, 1, args.base_channels, args.depth)
         checkpoint = workdir / f"untrained_{args.base_channels}.pt"
         normalizer = PercentileNormalizer(0.5, 99.5)
-        save_checkpoint(Checkpoint(spec.build().state_dict(), spec, normalizer, ["bg", "fg"], 0.5, 0, {}), checkpoint)
+        save_checkpoint(
+            Checkpoint(build_network(spec).state_dict(), spec, normalizer, ["bg", "fg"], 0.5, 0, {}), checkpoint
+        )
         print(
             f"unetseg predict, {args.base_channels}-wide U-Net (depth {args.depth}), tiles {args.tile_size} "
             f"overlap {args.overlap} batch {args.batch_size}, save={args.save}; "

@@ -28,11 +28,11 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from unetseg.config import LossName
-from unetseg.engine.device import resolve_device
-from unetseg.engine.losses import compute_loss
-from unetseg.engine.precision import FastPath, choose_fast_path
-from unetseg.model import ModelSpec, fold_batchnorm
+from unetseg.config import LossName, ModelSpec
+from unetseg.model import build_network, fold_batchnorm
+from unetseg.runtime.device import resolve_device
+from unetseg.runtime.precision import FastPath, choose_fast_path
+from unetseg.training.losses import compute_loss
 
 CLASSIC = ModelSpec("bilinear", in_channels=1, num_classes=1, base_channels=64, depth=4)
 
@@ -101,7 +101,7 @@ class Contender:
 
 def training_step(fast: FastPath, batch: int, size: int, optimized: bool) -> Callable[[], None]:
     """One optimiser step (``optimized`` changes nothing here: BatchNorm cannot be folded while training)."""
-    model = fast.prepare_model(CLASSIC.build()).train()
+    model = fast.prepare_model(build_network(CLASSIC)).train()
     optimizer = torch.optim.RMSprop(model.parameters(), lr=1e-5, momentum=0.9, weight_decay=1e-8)
     scaler = torch.amp.GradScaler(fast.device.type, enabled=fast.needs_grad_scaler)
     images = fast.prepare_input(torch.rand(batch, 1, size, size))
@@ -121,7 +121,7 @@ def training_step(fast: FastPath, batch: int, size: int, optimized: bool) -> Cal
 
 def prediction_step(fast: FastPath, batch: int, size: int, optimized: bool) -> Callable[[], None]:
     """Plain: the network as trained. Optimized: what unetseg's Predictor runs (BatchNorm folded)."""
-    model = CLASSIC.build().eval()
+    model = build_network(CLASSIC).eval()
     model = fast.prepare_model(fold_batchnorm(model) if optimized else model)
     images = fast.prepare_input(torch.rand(batch, 1, size, size))
 

@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 import torch
 
-from unetseg.config import LossName
+from unetseg.config import LossName, ModelSpec
 from unetseg.data.normalize import PercentileNormalizer
 from unetseg.data.synthetic import synthetic_pair
-from unetseg.engine.checkpoint import Checkpoint
-from unetseg.engine.losses import compute_loss
-from unetseg.engine.precision import choose_fast_path
-from unetseg.model import ModelSpec
+from unetseg.model import build_network
+from unetseg.model.checkpoint import Checkpoint
+from unetseg.runtime.precision import choose_fast_path
+from unetseg.training.losses import compute_loss
 
 REPO = Path(__file__).resolve().parents[1]
 ISBI_TRAIN = Path(os.environ.get("UNETSEG_ISBI_ROOT", REPO.parent / "shared" / "data" / "isbi2012" / "train"))
@@ -39,7 +39,7 @@ def trained_checkpoint(num_classes: int = 1) -> Checkpoint:
 def _trained_checkpoint(num_classes: int) -> Checkpoint:
     torch.manual_seed(0)
     spec = ModelSpec("bilinear", 1, num_classes, 8, 3)
-    model = spec.build().train()
+    model = build_network(spec).train()
     normalizer = PercentileNormalizer(0.5, 99.5)
     pairs = [synthetic_pair(3, index, 64) for index in range(8)]
     images = torch.from_numpy(np.stack([normalizer(image[None]) for image, _ in pairs]))

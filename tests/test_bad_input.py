@@ -12,6 +12,8 @@ import torch
 
 from conftest import TINY, assert_one_line_error, run_cli, write_dataset
 
+pytestmark = pytest.mark.slow  # end-to-end: the real CLI in a subprocess (make test-fast skips them)
+
 
 @pytest.mark.parametrize(
     ("args", "fragments"),

@@ -15,9 +15,9 @@ import torch
 
 from conftest import run_cli
 from unetseg.data.synthetic import synthetic_pair
-from unetseg.engine.checkpoint import load_checkpoint
-from unetseg.engine.precision import choose_fast_path
-from unetseg.engine.predictor import Predictor, Tiling
+from unetseg.inference.predictor import Predictor, Tiling
+from unetseg.model.checkpoint import load_checkpoint
+from unetseg.runtime.precision import choose_fast_path
 
 FIXTURE = Path(__file__).parent / "fixtures" / "pre_move"
 # The settings make.sh trained with; resuming needs the same network and data.
@@ -45,6 +45,7 @@ def test_pre_move_checkpoint_predicts_what_it_predicted_then() -> None:
     np.testing.assert_allclose(predictor.probabilities(image[None])[0], expected, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_pre_move_last_checkpoint_resumes_to_the_same_epoch(tmp_path: Path) -> None:
     source = tmp_path / "old-run" / "checkpoints"
     source.mkdir(parents=True)

@@ -17,6 +17,8 @@ import torch
 
 from conftest import ISBI_TRAIN, TINY, assert_one_line_error, run_cli, write_dataset
 
+pytestmark = pytest.mark.slow  # end-to-end: the real CLI in a subprocess (make test-fast skips them)
+
 
 def train(cwd: Path, data_root: Path, *extra: str) -> subprocess.CompletedProcess:
     return run_cli("train", "data=folder", f"data.root={data_root}", *TINY, *extra, cwd=cwd)

@@ -7,9 +7,10 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from unetseg.config import CHECKS, register_schemas, to_typed
-from unetseg.errors import UserError
-from unetseg.paths import config_dir, register_resolvers
+from unetseg.checks import CHECKS
+from unetseg.config import register_schemas, to_typed
+from unetseg.runtime.errors import UserError
+from unetseg.runtime.paths import config_dir, register_resolvers
 
 
 @contextmanager

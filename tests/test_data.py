@@ -12,13 +12,13 @@ from conftest import write_dataset
 from unetseg.config import AugmentConfig, DataConfig, register_schemas, to_typed
 from unetseg.data.augment import Sample, augment, elastic, intensity, random_crop
 from unetseg.data.dataset import load_folder, load_splits
-from unetseg.data.io import list_images, read_image, read_label
 from unetseg.data.labels import encode_label
 from unetseg.data.normalize import PercentileNormalizer
 from unetseg.data.pairing import pair_by_stem
 from unetseg.data.synthetic import synthetic_pair
-from unetseg.errors import UserError
-from unetseg.paths import config_dir, register_resolvers
+from unetseg.io.images import list_images, read_image, read_label
+from unetseg.runtime.errors import UserError
+from unetseg.runtime.paths import config_dir, register_resolvers
 
 NORMALIZER = PercentileNormalizer(0.5, 99.5)
 

@@ -9,10 +9,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from conftest import write_dataset
-from unetseg.model import ModelSpec
+from unetseg.config import ModelSpec
+from unetseg.model import build_network
+
+pytestmark = pytest.mark.slow  # end-to-end: the real CLI in a subprocess (make test-fast skips them)
 
 TINY = ["model.base_channels=4", "model.depth=2", "trainer.precision=fp32"]
 
@@ -122,7 +126,7 @@ def test_one_step_on_two_ranks_equals_one_step_with_the_global_batch(tmp_path: P
         return torch.load(run / "checkpoints" / "last.pt", weights_only=True)["state_dict"]
 
     torch.manual_seed(0)  # the trainer seeds with trainer.seed=0 before it builds the network
-    initial = ModelSpec("bilinear", 1, 1, 4, 2).build().state_dict()
+    initial = build_network(ModelSpec("bilinear", 1, 1, 4, 2)).state_dict()
     trained_ddp, trained_alone = weights(tmp_path / "ddp"), weights(tmp_path / "one")
     assert initial.keys() == trained_ddp.keys()
     for name, value in trained_alone.items():

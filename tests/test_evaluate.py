@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 
 from conftest import TINY, assert_one_line_error, run_cli, write_dataset
-from unetseg.engine.scores import ScoreBoard
+from unetseg.scoring.board import ScoreBoard
+
+pytestmark = pytest.mark.slow  # end-to-end: the real CLI in a subprocess (make test-fast skips them)
 
 CLASSES = ["background", "foreground"]
 

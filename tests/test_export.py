@@ -18,12 +18,13 @@ import pytest
 import torch
 
 from conftest import REPO, assert_one_line_error, run_cli, write_dataset
+from unetseg.config import ModelSpec
 from unetseg.data.normalize import PercentileNormalizer
-from unetseg.engine import export as export_module
-from unetseg.engine.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from unetseg.engine.metrics import to_probabilities
-from unetseg.errors import UserError
-from unetseg.model import ModelSpec
+from unetseg.inference import export as export_module
+from unetseg.model import build_network
+from unetseg.model.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from unetseg.model.head import to_probabilities
+from unetseg.runtime.errors import UserError
 
 # torch.jit (script, load) warns that it is deprecated; it is still what reads and writes TorchScript.
 pytestmark = pytest.mark.filterwarnings(r"ignore:`torch\.jit\.\w+` is deprecated:DeprecationWarning")
@@ -64,7 +65,7 @@ def best_checkpoint(cwd: Path) -> Path:
 
 def pytorch_probabilities(checkpoint: Checkpoint, x: np.ndarray) -> np.ndarray:
     """The reference, written out here rather than taken from the code under test: the trained net, fp32."""
-    net = checkpoint.model.build()
+    net = build_network(checkpoint.model)
     net.load_state_dict(checkpoint.state_dict)
     with torch.no_grad():
         return to_probabilities(net.eval()(torch.from_numpy(x))).numpy()
@@ -104,6 +105,7 @@ def torchscript_runner(path_or_buffer, extra: dict[str, str] | None = None):
     return run
 
 
+@pytest.mark.slow
 @needs_onnx
 def test_onnx_export_with_defaults_matches_pytorch(trained: Path) -> None:
     result = run_cli("export", cwd=trained)
@@ -121,6 +123,7 @@ def test_onnx_export_with_defaults_matches_pytorch(trained: Path) -> None:
     assert_matches_pytorch(checkpoint, run, UNSEEN)
 
 
+@pytest.mark.slow
 def test_torchscript_export_into_a_folder_matches_pytorch(trained: Path, tmp_path: Path) -> None:
     checkpoint_path = best_checkpoint(trained)
     result = run_cli("export", f"checkpoint={checkpoint_path}", "format=torchscript", f"output={tmp_path}", cwd=trained)
@@ -140,7 +143,7 @@ def random_checkpoint(upsampling: str, in_channels: int, num_classes: int, depth
     """A checkpoint with random weights and non-trivial BatchNorm statistics (folding must not change outputs)."""
     torch.manual_seed(0)
     spec = ModelSpec(upsampling, in_channels, num_classes, base_channels=4, depth=depth)
-    net = spec.build().train()
+    net = build_network(spec).train()
     with torch.no_grad():
         for _ in range(3):
             net(torch.rand(2, in_channels, 32, 32) * 3 + 1)
@@ -148,6 +151,7 @@ def random_checkpoint(upsampling: str, in_channels: int, num_classes: int, depth
     return Checkpoint(net.state_dict(), spec, PercentileNormalizer(1.0, 99.0), names, 0.4, 3, {})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
 def test_softmax_colour_transposed_net_exports_too(fmt: str) -> None:
     if fmt == "onnx" and ONNX_MISSING:
@@ -164,7 +168,7 @@ def test_softmax_colour_transposed_net_exports_too(fmt: str) -> None:
 def test_scripted_unet_matches_eager_at_any_size() -> None:
     """The U-Net itself scripts (TorchScript) and keeps its size handling, down to 1×1 (replicate padding)."""
     checkpoint = random_checkpoint("bilinear", in_channels=1, num_classes=1, depth=4)
-    net = checkpoint.model.build()
+    net = build_network(checkpoint.model)
     net.load_state_dict(checkpoint.state_dict)
     net.eval()
     scripted = torch.jit.script(net)
@@ -184,6 +188,7 @@ def median_threshold_checkpoint(checkpoint_path: Path, image_path: Path, path: P
     return path
 
 
+@pytest.mark.slow
 @needs_onnx
 def test_readme_snippet_reproduces_predict(trained: Path, tmp_path: Path) -> None:
     """The README's ONNX example (onnxruntime + numpy + opencv only) gives predict's mask."""
@@ -220,6 +225,7 @@ def test_readme_snippet_reproduces_predict(trained: Path, tmp_path: Path) -> Non
     assert (ours == theirs).mean() > 0.999  # a pixel right at the threshold may round either way
 
 
+@pytest.mark.slow
 def test_help_lists_export(tmp_path: Path) -> None:
     usage = run_cli("--help", cwd=tmp_path)
     assert "export" in usage.stdout
@@ -229,6 +235,7 @@ def test_help_lists_export(tmp_path: Path) -> None:
     assert not (tmp_path / "outputs").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("args", "fragments"),
     [
@@ -245,6 +252,7 @@ def test_bad_input_is_one_line(tmp_path: Path, args: list[str], fragments: list[
     assert not (tmp_path / "outputs").exists() or not any((tmp_path / "outputs" / "export").iterdir())
 
 
+@pytest.mark.slow
 def test_not_a_checkpoint(tmp_path: Path) -> None:
     torch.save({"state_dict": {}}, tmp_path / "foreign.pt")
     result = run_cli("export", "checkpoint=foreign.pt", "format=torchscript", cwd=tmp_path)
@@ -252,6 +260,7 @@ def test_not_a_checkpoint(tmp_path: Path) -> None:
     assert result.returncode == 2
 
 
+@pytest.mark.slow
 def test_existing_output_is_kept_unless_overwrite(trained: Path, tmp_path: Path) -> None:
     target = tmp_path / "model.pt"
     target.write_bytes(b"keep me")
@@ -265,6 +274,7 @@ def test_existing_output_is_kept_unless_overwrite(trained: Path, tmp_path: Path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("args", "fragments"),
     [

@@ -10,6 +10,8 @@ import pytest
 
 from conftest import TINY, run_cli
 
+pytestmark = pytest.mark.slow  # end-to-end: the real CLI in a subprocess (make test-fast skips them)
+
 pytest.importorskip("hydra_plugins.hydra_joblib_launcher", reason="needs the extra: pip install 'unetseg[joblib]'")
 
 

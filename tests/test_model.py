@@ -1,12 +1,13 @@
 import pytest
 import torch
 
-from unetseg.model import ModelSpec, UNet, count_parameters, fold_batchnorm
+from unetseg.config import ModelSpec
+from unetseg.model import UNet, build_network, count_parameters, fold_batchnorm
 
 
 @pytest.mark.parametrize(("upsampling", "expected"), [("bilinear", 13_394_177), ("transposed", 14_787_777)])
 def test_classic_parameter_counts(upsampling: str, expected: int) -> None:
-    model = ModelSpec(upsampling, in_channels=1, num_classes=1, base_channels=64, depth=4).build()
+    model = build_network(ModelSpec(upsampling, in_channels=1, num_classes=1, base_channels=64, depth=4))
     assert count_parameters(model) == expected
 
 

@@ -17,7 +17,10 @@ import pytest
 
 from conftest import REPO
 
-pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="needs git to copy the checkout")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(shutil.which("git") is None, reason="needs git to copy the checkout"),
+]
 
 
 def copy_checkout(dest: Path) -> Path:
@@ -76,7 +79,7 @@ def test_wheel_install_finds_its_configs_from_any_directory(tmp_path: Path) -> N
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     where = subprocess.run(
-        [str(python), "-c", "from unetseg.paths import config_dir; print(config_dir())"],
+        [str(python), "-c", "from unetseg.runtime.paths import config_dir; print(config_dir())"],
         cwd=elsewhere,
         capture_output=True,
         text=True,

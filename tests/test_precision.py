@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from unetseg.engine.precision import FastPath, choose_fast_path, cpu_bf16_feature, maybe_compile
-from unetseg.errors import UserError
 from unetseg.model import UNet
+from unetseg.runtime.errors import UserError
+from unetseg.runtime.precision import FastPath, choose_fast_path, cpu_bf16_feature, maybe_compile
 
 CPU = torch.device("cpu")
 

@@ -14,14 +14,14 @@ import pytest
 import tifffile
 
 from conftest import assert_one_line_error, run_cli, trained_checkpoint
-from unetseg.data.inputs import find_inputs, open_source, read_pages
-from unetseg.data.io import encode_png
-from unetseg.data.read_ahead import read_ahead
 from unetseg.data.synthetic import synthetic_pair
-from unetseg.engine.checkpoint import save_checkpoint
-from unetseg.engine.outputs import class_colours, overlay
-from unetseg.engine.predictor import Segmentation
-from unetseg.errors import UserError
+from unetseg.inference.predictor import Segmentation
+from unetseg.inference.read_ahead import read_ahead
+from unetseg.inference.sources import find_inputs, open_source, read_pages
+from unetseg.inference.writers import class_colours, overlay
+from unetseg.io.png import encode_png
+from unetseg.model.checkpoint import save_checkpoint
+from unetseg.runtime.errors import UserError
 
 
 def pages(count: int, size: int, seed: int = 0) -> np.ndarray:
@@ -193,6 +193,7 @@ def checkpoints(tmp_path: Path) -> dict[int, Path]:
     return paths
 
 
+@pytest.mark.slow
 def test_a_stack_gives_a_stack_and_matches_its_pages_predicted_alone(
     tmp_path: Path, checkpoints: dict[int, Path]
 ) -> None:
@@ -227,6 +228,7 @@ def test_a_stack_gives_a_stack_and_matches_its_pages_predicted_alone(
     assert "files" in result.stdout and "tiles" in result.stdout  # the progress bars
 
 
+@pytest.mark.slow
 def test_several_classes_give_a_palette_label_map_and_raw_ids(tmp_path: Path, checkpoints: dict[int, Path]) -> None:
     inputs = tmp_path / "in"
     inputs.mkdir()
@@ -262,6 +264,7 @@ def test_several_classes_give_a_palette_label_map_and_raw_ids(tmp_path: Path, ch
         assert (tif.asarray(key=slice(None)) == tifffile.imread(out / "s_ids.tif")).all()
 
 
+@pytest.mark.slow
 def test_bad_pages_and_channels_stop_before_anything_is_written(tmp_path: Path, checkpoints: dict[int, Path]) -> None:
     inputs = tmp_path / "in"
     inputs.mkdir()

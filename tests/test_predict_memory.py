@@ -10,12 +10,13 @@ import pytest
 import torch
 
 from conftest import FP32, trained_checkpoint
+from unetseg.config import ModelSpec
 from unetseg.data.normalize import PercentileNormalizer
 from unetseg.data.synthetic import synthetic_pair
-from unetseg.engine.checkpoint import Checkpoint
-from unetseg.engine.predictor import Predictor, Tiling
-from unetseg.engine.sliding_window import blended_rows, count_tiles, mirror_indices, mirrored_crop
-from unetseg.model import ModelSpec
+from unetseg.inference.predictor import Predictor, Tiling
+from unetseg.inference.sliding_window import blended_rows, count_tiles, mirror_indices, mirrored_crop
+from unetseg.model import build_network
+from unetseg.model.checkpoint import Checkpoint
 
 
 @pytest.mark.parametrize("length", [1, 2, 5, 17])
@@ -72,7 +73,9 @@ def test_segment_keeps_no_full_size_float_copy() -> None:
     remains is the uint8 classes (1 MiB), the percentile sample and one tile-high band."""
     size = 1024
     spec = ModelSpec("bilinear", 1, 1, 4, 2)  # untrained and tiny: only memory matters here
-    checkpoint = Checkpoint(spec.build().state_dict(), spec, PercentileNormalizer(0.5, 99.5), ["bg", "fg"], 0.5, 1, {})
+    checkpoint = Checkpoint(
+        build_network(spec).state_dict(), spec, PercentileNormalizer(0.5, 99.5), ["bg", "fg"], 0.5, 1, {}
+    )
     predictor = Predictor(checkpoint, FP32, tiling=Tiling(tile=64, batch_size=32))
     image = np.random.default_rng(0).integers(0, 255, (1, size, size)).astype(np.uint8)
     predictor.segment(image[:, :100, :100])  # warm up: lazy imports and caches are not the image's

@@ -1,4 +1,5 @@
-"""Region scores cross-checked against scikit-image (the reference implementation the ISBI scores follow)."""
+"""Pixel scores against hand-computed values; region scores cross-checked against scikit-image (the reference
+implementation the ISBI scores follow)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,11 @@ import math
 import cv2
 import numpy as np
 import pytest
+import torch
 
-from unetseg.engine.region_metrics import (
+from unetseg.scoring.board import ScoreBoard, image_scores
+from unetseg.scoring.confusion import ConfusionMatrix
+from unetseg.scoring.regions import (
     adapted_rand_error,
     connected_regions,
     contingency,
@@ -16,7 +20,6 @@ from unetseg.engine.region_metrics import (
     fill_background,
     information_score,
 )
-from unetseg.engine.scores import ScoreBoard, image_scores
 
 skimage_metrics = pytest.importorskip(
     "skimage.metrics", reason="scikit-image is a test dependency: pip install -e '.[test]'"
@@ -141,3 +144,27 @@ def test_image_scores_and_scoreboard() -> None:
     assert summary["pixel_error"] == pytest.approx(wrong / (2 * truth.size))
     assert summary["rand_error"] == pytest.approx(scores["rand_error"] / 2)
     assert set(board.per_image) == {"a", "b"}
+
+
+def test_dice_iou_accuracy_match_hand_computation() -> None:
+    truth = torch.tensor([[[1, 1, 0, 0], [1, 1, 0, 0]]])
+    predicted = torch.tensor([[[1, 0, 0, 0], [1, 1, 1, 0]]])
+    matrix = ConfusionMatrix(2)
+    matrix.update(predicted, truth)
+    scores = matrix.scores(["membrane", "cell"])
+    # cell: TP 3, FP 1, FN 1 → Dice 6/8, IoU 3/5; membrane: TP 3, FP 1, FN 1 → the same
+    assert scores["dice_cell"] == pytest.approx(0.75)
+    assert scores["iou_cell"] == pytest.approx(0.6)
+    assert scores["dice_membrane"] == pytest.approx(0.75)
+    assert scores["pixel_error"] == pytest.approx(2 / 8)
+    assert scores["dice"] == pytest.approx(0.75)
+
+
+def test_metrics_accumulate_over_images_and_absent_class_scores_one() -> None:
+    matrix = ConfusionMatrix(3)
+    matrix.update(torch.tensor([[0, 1]]), torch.tensor([[0, 1]]))
+    matrix.update(torch.tensor([[1, 1]]), torch.tensor([[1, 0]]))
+    scores = matrix.scores(["a", "b", "c"])
+    assert scores["dice_a"] == pytest.approx(2 * 1 / (2 * 1 + 0 + 1))
+    assert scores["dice_b"] == pytest.approx(2 * 2 / (2 * 2 + 1 + 0))
+    assert scores["dice_c"] == 1.0

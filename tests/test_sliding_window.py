@@ -7,9 +7,9 @@ import torch
 from conftest import FP32
 from conftest import trained_checkpoint as checkpoint
 from unetseg.data.synthetic import synthetic_pair
-from unetseg.engine.predictor import Predictor, Tiling
-from unetseg.engine.sliding_window import dihedral_transforms, importance_map, tile_starts, with_tta
-from unetseg.errors import UserError
+from unetseg.inference.predictor import Predictor, Tiling
+from unetseg.inference.sliding_window import dihedral_transforms, importance_map, tile_starts, with_tta
+from unetseg.runtime.errors import UserError
 
 
 def test_tiles_cover_the_image() -> None:

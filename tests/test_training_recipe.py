@@ -1,5 +1,5 @@
-"""The accuracy recipe's parts: border weights, losses, schedules, the monitor, early stopping and
-exact resume (the last three through the real CLI)."""
+"""The accuracy recipe's parts: border weights, losses, optimisers, schedules, the monitor, early stopping
+and exact resume (the last three through the real CLI)."""
 
 from __future__ import annotations
 
@@ -13,11 +13,12 @@ import pytest
 import torch
 
 from conftest import TINY, assert_one_line_error, run_cli
-from unetseg.config import LossName, ScheduleConfig, ScheduleName
-from unetseg.data.border_weights import border_weight_map, class_balance, two_nearest_distances
-from unetseg.engine.losses import compute_loss
-from unetseg.engine.monitor import Monitor
-from unetseg.engine.schedule import build_schedule
+from unetseg.config import LossName, OptimConfig, OptimizerName, ScheduleConfig, ScheduleName
+from unetseg.training.border_weights import border_weight_map, class_balance, two_nearest_distances
+from unetseg.training.losses import compute_loss
+from unetseg.training.monitor import Monitor
+from unetseg.training.optimizers import build_optimizer
+from unetseg.training.schedules import build_schedule
 
 
 def test_border_weight_map_follows_the_unet_formula() -> None:
@@ -157,6 +158,7 @@ def weights(path: Path) -> dict[str, torch.Tensor]:
     return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
 
 
+@pytest.mark.slow
 def test_resume_continues_exactly(tmp_path: Path, dataset: Path) -> None:
     straight = train(tmp_path, dataset, "trainer.epochs=3", "trainer.loss=weighted_bce_dice")
     first = train(tmp_path, dataset, "trainer.epochs=2", "trainer.loss=weighted_bce_dice")
@@ -170,6 +172,7 @@ def test_resume_continues_exactly(tmp_path: Path, dataset: Path) -> None:
     assert (resumed / "checkpoints" / "best.pt").is_file()
 
 
+@pytest.mark.slow
 def test_resume_refuses_what_it_cannot_continue(tmp_path: Path, dataset: Path) -> None:
     run_dir = train(tmp_path, dataset, "trainer.epochs=1")
     args = ["train", "data=folder", f"data.root={dataset}", *RECIPE]
@@ -179,8 +182,11 @@ def test_resume_refuses_what_it_cannot_continue(tmp_path: Path, dataset: Path) -
     assert_one_line_error(done, "already trained 1", "trainer.epochs")
     other = run_cli(*args, "trainer.resume=auto", "trainer.epochs=2", "model.base_channels=8", cwd=tmp_path)
     assert_one_line_error(other, "different network")
+    elsewhere = run_cli(*args, "trainer.resume=auto", "trainer.epochs=2", "runs_root=elsewhere", cwd=tmp_path)
+    assert_one_line_error(elsewhere, f"no training run with checkpoints/last.pt under {tmp_path / 'elsewhere'}")
 
 
+@pytest.mark.slow
 def test_early_stopping_and_monitor(tmp_path: Path, dataset: Path) -> None:
     stuck = train(tmp_path, dataset, "trainer.epochs=6", "optim.lr=1e-12", "trainer.early_stopping=2")
     summary = json.loads((stuck / "metrics.json").read_text())
@@ -192,6 +198,7 @@ def test_early_stopping_and_monitor(tmp_path: Path, dataset: Path) -> None:
     assert summary["monitor"] == "rand_error"
 
 
+@pytest.mark.slow
 def test_bad_recipe_settings_are_one_line(tmp_path: Path, dataset: Path) -> None:
     args = ["train", "data=folder", f"data.root={dataset}", *TINY]
     for override, fragment in (
@@ -202,3 +209,22 @@ def test_bad_recipe_settings_are_one_line(tmp_path: Path, dataset: Path) -> None
         ("schedule=cyclic", "schedule"),
     ):
         assert_one_line_error(run_cli(*args, override, cwd=tmp_path), fragment)
+
+
+@pytest.mark.parametrize("loss", list(LossName))
+def test_losses_are_low_for_confident_correct_logits(loss: LossName) -> None:
+    target = torch.tensor([[[0, 1], [1, 0]]])
+    good = (target.float() * 20 - 10)[:, None]
+    assert compute_loss(loss, good, target) < 0.01
+    assert compute_loss(loss, -good, target) > 0.4
+
+
+def test_optimiser_settings_reach_torch() -> None:
+    params = [torch.nn.Parameter(torch.zeros(1))]
+    cfg = OptimConfig(
+        name=OptimizerName.rmsprop, lr=1e-5, weight_decay=1e-8, momentum=0.9, betas=[0.9, 0.999], nesterov=False
+    )
+    optimizer = build_optimizer(params, cfg)
+    assert isinstance(optimizer, torch.optim.RMSprop)
+    assert optimizer.defaults["lr"] == 1e-5 and optimizer.defaults["momentum"] == 0.9
+    assert optimizer.defaults["weight_decay"] == 1e-8

@@ -3,20 +3,17 @@
 The YAML files under ``conf/`` hold the values; these dataclasses hold the types (every field is
 MISSING here, so a value lives in exactly one place). Hydra merges the YAML into the schema, so a
 typo (``optim.lrr=1``) or a wrong type (``trainer.epochs=abc``) fails at start-up with Hydra's own
-message. :func:`check_train` and :func:`check_predict` add the range checks a type cannot express.
+message. unetseg.checks adds the range checks a type cannot express.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from enum import Enum
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
-
-from unetseg.engine.monitor import monitorable
-from unetseg.errors import UserError
 
 
 class Upsampling(str, Enum):
@@ -87,12 +84,23 @@ class LabelEncoding(str, Enum):
 
 
 @dataclass
-class ModelConfig:
+class ModelSpec:
+    """The network: the ``model`` config node, and (as :meth:`to_dict`) part of every checkpoint, which
+    is everything needed to rebuild it (unetseg.model.build_network)."""
+
     upsampling: Upsampling = MISSING
     in_channels: int = MISSING
     num_classes: int = MISSING
     base_channels: int = MISSING
     depth: int = MISSING
+
+    def __post_init__(self) -> None:
+        if self.upsampling != MISSING:  # a checkpoint stores the plain string
+            self.upsampling = Upsampling(self.upsampling)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values only (no Enum), so that a checkpoint holding it loads with weights_only=True."""
+        return {**asdict(self), "upsampling": self.upsampling.value}
 
 
 @dataclass
@@ -195,11 +203,12 @@ class ScheduleConfig:
 
 @dataclass
 class TrainConfig:
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: ModelSpec = field(default_factory=ModelSpec)
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     data: DataConfig = field(default_factory=DataConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    runs_root: str = MISSING
 
 
 @dataclass
@@ -273,178 +282,3 @@ def register_schemas() -> None:
 def to_typed(cfg: DictConfig) -> Any:
     """The composed config as schema dataclass instances (enums included), without Hydra's own node."""
     return OmegaConf.to_object(cfg)
-
-
-def _require(ok: bool, message: str) -> None:
-    if not ok:
-        raise UserError(message)
-
-
-def check_train(cfg: TrainConfig) -> None:
-    """Range checks that a type cannot express; each message names the key and the fix."""
-    m, o, d, t = cfg.model, cfg.optim, cfg.data, cfg.trainer
-    _require(m.in_channels in (1, 3), f"model.in_channels={m.in_channels}: use 1 (grayscale) or 3 (colour)")
-    _require(m.num_classes >= 1, f"model.num_classes={m.num_classes}: must be at least 1 (1 = binary)")
-    _require(m.base_channels >= 1, f"model.base_channels={m.base_channels}: must be a positive width")
-    _require(1 <= m.depth <= 8, f"model.depth={m.depth}: must be between 1 and 8")
-    _require(o.lr > 0, f"optim.lr={o.lr}: the learning rate must be > 0 (for example optim.lr=1e-5)")
-    _require(o.weight_decay >= 0, f"optim.weight_decay={o.weight_decay}: must be >= 0")
-    _require(0 <= o.momentum < 1, f"optim.momentum={o.momentum}: must be in [0, 1)")
-    _require(
-        len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas),
-        f"optim.betas={list(o.betas)}: give two values in [0, 1), for example optim.betas=[0.9,0.999]",
-    )
-    _require(
-        0 < d.val_fraction < 1,
-        f"data.val_fraction={d.val_fraction}: must be strictly between 0 and 1 (for example 0.2)",
-    )
-    if d.source == DataSource.synthetic:
-        _require(
-            d.root is None and d.val_root is None,
-            "data.root/data.val_root are set but data=synthetic makes its own images: add data=isbi (or "
-            "data=folder) to train on your folder",
-        )
-    if d.source == DataSource.folder:
-        _require(
-            d.root is not None,
-            "data.root is not set: point it at a folder with image/ and label/, e.g. data.root=path/to/train",
-        )
-    expected_names = max(m.num_classes, 2)
-    _require(
-        len(d.class_names) == expected_names,
-        f"data.class_names has {len(d.class_names)} names but model.num_classes={m.num_classes} needs "
-        f"{expected_names}: set data.class_names=[...] with one name per class (background first)",
-    )
-    low, high = d.normalization.low_percentile, d.normalization.high_percentile
-    _require(
-        0 <= low < high <= 100,
-        f"data.normalization percentiles ({low}, {high}): need 0 <= low_percentile < high_percentile <= 100",
-    )
-    _require(d.synthetic.num_images >= 2, "data.synthetic.num_images: need at least 2 (train + validation)")
-    _require(d.synthetic.size >= 16, "data.synthetic.size: must be at least 16 pixels")
-    _require(t.epochs >= 1, f"trainer.epochs={t.epochs}: must be at least 1")
-    _require(t.batch_size >= 1, f"trainer.batch_size={t.batch_size}: must be at least 1")
-    _require(
-        t.workers is None or t.workers >= 0,
-        f"trainer.workers={t.workers}: must be >= 0 (0 loads data in the main process), or null for automatic",
-    )
-    _require(0 < t.threshold < 1, f"trainer.threshold={t.threshold}: must be strictly between 0 and 1")
-    _check_device(t.device, "trainer.device")
-    _check_training_recipe(cfg)
-
-
-def _check_training_recipe(cfg: TrainConfig) -> None:
-    """Crops, augmentation, loss weights, schedule, monitor and early stopping."""
-    m, d, t, sc = cfg.model, cfg.data, cfg.trainer, cfg.schedule
-    if d.patch_size is not None:
-        _require(
-            d.patch_size >= 2**m.depth,
-            f"data.patch_size={d.patch_size}: must be at least {2**m.depth} px for model.depth={m.depth} (or null)",
-        )
-    _require(
-        d.samples_per_epoch is None or d.samples_per_epoch >= 1,
-        f"data.samples_per_epoch={d.samples_per_epoch}: must be at least 1, or null for one pass over the images",
-    )
-    a = d.augment
-    for key in ("flip", "rotate90", "elastic", "brightness", "contrast", "gamma", "noise", "blur"):
-        value = getattr(a, key)
-        _require(0 <= value <= 1, f"data.augment.{key}={value}: a probability, between 0 and 1 (0 = off)")
-    _require(a.elastic_grid >= 2, f"data.augment.elastic_grid={a.elastic_grid}: need at least 2 control points")
-    _require(a.elastic_sigma >= 0, f"data.augment.elastic_sigma={a.elastic_sigma}: must be >= 0 pixels")
-    ranges = a.intensity
-    for key in ("brightness", "contrast", "gamma", "noise_std", "blur_sigma"):
-        value = getattr(ranges, key)
-        _require(value >= 0, f"data.augment.intensity.{key}={value}: must be >= 0")
-    _require(ranges.gamma < 1, f"data.augment.intensity.gamma={ranges.gamma}: must be < 1 (gamma stays positive)")
-    _require(t.border_weight >= 0, f"trainer.border_weight={t.border_weight}: must be >= 0")
-    _require(t.border_sigma > 0, f"trainer.border_sigma={t.border_sigma}: must be > 0 pixels")
-    scores = monitorable(list(d.class_names))
-    _require(
-        t.monitor in scores,
-        f"trainer.monitor={t.monitor}: not a validation score; use one of {', '.join(scores)}",
-    )
-    _require(0 <= t.monitor_ema < 1, f"trainer.monitor_ema={t.monitor_ema}: must be in [0, 1) (0 = no smoothing)")
-    _require(
-        t.early_stopping is None or t.early_stopping >= 1,
-        f"trainer.early_stopping={t.early_stopping}: a number of epochs >= 1, or null to never stop early",
-    )
-    _require(sc.exponent > 0, f"schedule.exponent={sc.exponent}: must be > 0")
-    _require(sc.min_lr >= 0, f"schedule.min_lr={sc.min_lr}: must be >= 0")
-    _require(0 < sc.pct_start < 1, f"schedule.pct_start={sc.pct_start}: must be strictly between 0 and 1")
-    _require(sc.patience >= 0, f"schedule.patience={sc.patience}: must be >= 0 epochs")
-    _require(0 < sc.factor < 1, f"schedule.factor={sc.factor}: must be strictly between 0 and 1")
-
-
-def check_inference(cfg: InferenceConfig) -> None:
-    if cfg.threshold is not None:
-        _require(0 < cfg.threshold < 1, f"threshold={cfg.threshold}: must be strictly between 0 and 1")
-    _require(0 <= cfg.overlap < 1, f"overlap={cfg.overlap}: must be in [0, 1) (0.5 = tiles overlap by half)")
-    _require(cfg.batch_size >= 1, f"batch_size={cfg.batch_size}: must be at least 1")
-    _require(
-        cfg.tile_size is None or cfg.tile_size >= 16,
-        f"tile_size={cfg.tile_size}: must be at least 16 pixels, or null to run each image whole",
-    )
-    _check_device(cfg.device, "device")
-
-
-def check_predict(cfg: PredictConfig) -> None:
-    _require(
-        cfg.input is not None,
-        "input is not set: say which image or folder to segment, e.g. unetseg predict input=data/test",
-    )
-    check_inference(cfg)
-    unknown = [kind for kind in cfg.save if kind not in ("mask", "probability", "overlay")]
-    _require(
-        bool(cfg.save) and not unknown,
-        f"save={list(cfg.save)}: choose one or more of mask, probability, overlay (e.g. save=[mask,overlay])",
-    )
-
-
-EVALUATION_SPLITS = ("val", "train", "all")
-
-
-def check_evaluate(cfg: EvaluateConfig) -> None:
-    check_inference(cfg)
-    _require(
-        (cfg.input is None) == (cfg.labels is None),
-        "give both input=IMAGES and labels=LABELS folders, or neither (then data=... names the labelled set)",
-    )
-    if cfg.input is None:
-        _require(
-            cfg.data.source == DataSource.synthetic or cfg.data.root is not None,
-            "nothing to evaluate on: give data.root=path/to/train (data=isbi), or input=IMAGES labels=LABELS",
-        )
-    _require(
-        cfg.split in EVALUATION_SPLITS,
-        f"split={cfg.split}: use val (the held-out images training validated on), train or all",
-    )
-
-
-def check_synthesize(cfg: SynthesizeConfig) -> None:
-    _require(cfg.output is not None, "output is not set: e.g. unetseg synthesize output=data/synthetic")
-    _require(cfg.count >= 1, f"count={cfg.count}: must be at least 1")
-    _require(cfg.size >= 16, f"size={cfg.size}: must be at least 16 pixels")
-
-
-def check_export(cfg: ExportConfig) -> None:
-    _require(
-        cfg.opset >= 18,
-        f"opset={cfg.opset}: torch's ONNX exporter writes opset 18 or newer (opset=18 suits the oldest runtimes)",
-    )
-
-
-def _check_device(device: str, key: str) -> None:
-    kind = device.split(":")[0]
-    _require(
-        kind in ("auto", "cpu", "cuda", "mps"),
-        f"{key}={device}: use auto, cpu, cuda, cuda:N or mps",
-    )
-
-
-CHECKS = {
-    "train": check_train,
-    "predict": check_predict,
-    "evaluate": check_evaluate,
-    "export": check_export,
-    "synthesize": check_synthesize,
-}

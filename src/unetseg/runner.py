@@ -29,16 +29,19 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
-from unetseg import distributed, sweep
-from unetseg.atomic import write_text_atomic
-from unetseg.config import CHECKS, register_schemas, to_typed
-from unetseg.console import console, print_error
-from unetseg.errors import EXIT_USER_ERROR, UserError
-from unetseg.paths import config_dir, register_resolvers, run_stamp, share_run_stamp
+from unetseg import sweep
+from unetseg.checks import CHECKS
+from unetseg.config import register_schemas, to_typed
+from unetseg.io.atomic import write_text_atomic
+from unetseg.runtime import distributed
+from unetseg.runtime.console import console, print_error
+from unetseg.runtime.errors import EXIT_USER_ERROR, UserError
+from unetseg.runtime.paths import config_dir, register_resolvers, run_stamp, share_run_stamp
 
 log = logging.getLogger(__name__)
 
-Task = Callable[[DictConfig, Path], dict[str, Any] | None]
+# A command's task gets its config as the typed schema (checked) and its run directory.
+Task = Callable[[Any, Path], dict[str, Any] | None]
 
 
 def _override_variants(command: str, overrides: list[str], multirun: bool) -> list[list[str]]:
@@ -147,8 +150,9 @@ def preflight(command: str, overrides: list[str], multirun: bool) -> None:
 
 
 def guarded(command: str, task: Task) -> Callable[[DictConfig], dict[str, Any] | None]:
-    """Wrap a command's task: bad input prints one line and exits 2; in a sweep, a failing job is
-    recorded in its metrics.json (status failed) and the sweep goes on."""
+    """Wrap a command's task: the composed config becomes the checked, typed schema; bad input prints one
+    line and exits 2; in a sweep, a failing job is recorded in its metrics.json (status failed) and the
+    sweep goes on."""
 
     @functools.wraps(task)
     def run(cfg: DictConfig) -> dict[str, Any] | None:
@@ -156,7 +160,9 @@ def guarded(command: str, task: Task) -> Callable[[DictConfig], dict[str, Any] |
         run_dir = Path(hydra_cfg.runtime.output_dir)
         in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
         try:
-            return task(cfg, run_dir)
+            typed = to_typed(cfg)
+            CHECKS[command](typed)
+            return task(typed, run_dir)
         except UserError as error:
             print_error(command, str(error))
             log.error("%s", error)

@@ -17,8 +17,9 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 from rich.table import Table
 
-from unetseg.atomic import write_text_atomic
-from unetseg.console import console
+from unetseg.io.atomic import write_text_atomic
+from unetseg.runtime.console import console
+from unetseg.scoring.names import DICE, IOU
 
 COLUMNS = [
     "job",
@@ -70,8 +71,8 @@ def _job_row(job_dir: Path) -> dict[str, Any]:
     row["error"] = summary.get("error", "")
     if row["status"] == "completed":
         row.update(
-            best_dice=round(summary["best"]["dice"], 4),
-            best_iou=round(summary["best"]["iou"], 4),
+            best_dice=round(summary["best"][DICE.key], 4),
+            best_iou=round(summary["best"][IOU.key], 4),
             best_epoch=summary["best_epoch"],
             epochs=summary["epochs"],
             parameters=summary["parameters"],

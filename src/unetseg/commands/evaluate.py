@@ -1,5 +1,5 @@
-"""`unetseg evaluate`: predict labelled images with a checkpoint (the same Predictor as `unetseg
-predict`) and score them as the ISBI 2012 challenge does; print a table, write metrics.json."""
+"""`unetseg evaluate`: predict labelled images with a checkpoint (the same Predictor as `unetseg predict`)
+and score them as the ISBI 2012 challenge does; print a table, write metrics.json."""
 
 from __future__ import annotations
 
@@ -10,19 +10,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
-
-from unetseg.atomic import write_text_atomic
-from unetseg.config import EvaluateConfig, check_evaluate, to_typed
-from unetseg.console import console, metrics_table, progress_bars
+from unetseg.config import EvaluateConfig
 from unetseg.data.dataset import LabelledImages, load_pairs, load_splits
-from unetseg.engine.predictor import Predictor
-from unetseg.engine.scores import ScoreBoard
-from unetseg.errors import UserError
-from unetseg.paths import user_path
+from unetseg.inference.evaluation import score_images
+from unetseg.inference.predictor import Predictor, build_predictor
+from unetseg.io.atomic import refuse_to_overwrite, write_text_atomic
+from unetseg.model.checkpoint import find_checkpoint
 from unetseg.runner import run_command
-
-from .inference import build_predictor, describe, find_checkpoint
+from unetseg.runtime.console import console
+from unetseg.runtime.paths import user_path
+from unetseg.scoring.tables import metrics_table
 
 log = logging.getLogger(__name__)
 
@@ -37,18 +34,7 @@ def labelled_images(cfg: EvaluateConfig, predictor: Predictor) -> tuple[Labelled
         )
         return items, f"{images} with labels {labels}"
     train, val = load_splits(cfg.data, spec.in_channels, spec.num_classes, normalizer)
-    chosen = {
-        "val": val,
-        "train": train,
-        "all": LabelledImages(
-            *(
-                a + b
-                for a, b in zip(
-                    (train.images, train.labels, train.names), (val.images, val.labels, val.names), strict=True
-                )
-            )
-        ),
-    }[cfg.split]
+    chosen = {"val": val, "train": train, "all": train + val}[cfg.split]
     where = cfg.data.root if cfg.data.root is not None else "synthetic data"
     return chosen, f"{where} · split {cfg.split} ({', '.join(chosen.names[:6])}{' ...' if len(chosen) > 6 else ''})"
 
@@ -58,29 +44,20 @@ def finite_or_none(scores: dict[str, float]) -> dict[str, float | None]:
     return {key: (None if math.isnan(value) else round(value, 6)) for key, value in scores.items()}
 
 
-def evaluate(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
-    typed: EvaluateConfig = to_typed(cfg)
-    check_evaluate(typed)
-    path = find_checkpoint(typed.checkpoint, typed.runs_root)
-    predictor = build_predictor(typed, path)
+def evaluate(cfg: EvaluateConfig, run_dir: Path) -> dict[str, Any]:
+    path = find_checkpoint(cfg.checkpoint, cfg.runs_root)
+    predictor = build_predictor(cfg, path)
     class_names = predictor.checkpoint.class_names
-    items, source = labelled_images(typed, predictor)
-    output = user_path(typed.output) if typed.output else run_dir
-    target = output / "metrics.json"
-    if target.exists() and not typed.overwrite:
-        raise UserError(f"{target} already exists: choose another output= or set overwrite=true")
-    console.print(f"[bold]{describe(predictor)}[/]")
+    items, source = labelled_images(cfg, predictor)
+    target = (user_path(cfg.output) if cfg.output else run_dir) / "metrics.json"
+    refuse_to_overwrite([target], cfg.overwrite)
+    console.print(f"[bold]{predictor.describe()}[/]")
     console.print(f"[bold]checkpoint[/]: {path} · [bold]images[/]: {len(items)} from {source}")
 
-    board = ScoreBoard(class_names)
     started = time.perf_counter()
-    with progress_bars() as progress:
-        task = progress.add_task("images", total=len(items), status="")
-        for name, image, label in zip(items.names, items.images, items.labels, strict=True):
-            classes = predictor.classes_of(predictor.probabilities_of(image))
-            board.add(name, classes, label)
-            progress.update(task, advance=1, status=name)
+    board = score_images(predictor, items)
     seconds = time.perf_counter() - started
+
     mean = board.summary()
     rows = [(name, scores) for name, scores in board.per_image.items()] + [("all", mean)]
     console.print(metrics_table(f"scores of {path.name} ({len(items)} images)", rows, class_names))

@@ -6,13 +6,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
-
-from unetseg.atomic import atomic_open
-from unetseg.config import ExportConfig, check_export, to_typed
-from unetseg.console import console
-from unetseg.engine.checkpoint import load_checkpoint, newest_checkpoint
-from unetseg.engine.export import (
+from unetseg.config import ExportConfig
+from unetseg.inference.export import (
     DEFAULT_SUFFIXES,
     SUFFIXES,
     TOLERANCE,
@@ -21,9 +16,12 @@ from unetseg.engine.export import (
     metadata,
     require_exporter,
 )
-from unetseg.errors import UserError
-from unetseg.paths import user_path
+from unetseg.io.atomic import atomic_open, refuse_to_overwrite
+from unetseg.model.checkpoint import find_checkpoint, load_checkpoint
 from unetseg.runner import run_command
+from unetseg.runtime.console import console
+from unetseg.runtime.errors import UserError
+from unetseg.runtime.paths import user_path
 
 log = logging.getLogger(__name__)
 
@@ -46,14 +44,6 @@ def output_path(output: str | None, fmt: str, checkpoint_path: Path, run_dir: Pa
     return path
 
 
-def refuse_to_replace(output: Path, checkpoint_path: Path, overwrite: bool) -> None:
-    """Checked before the (slow) export, so that a refusal comes at once."""
-    if output == checkpoint_path:
-        raise UserError(f"output {output} is the checkpoint itself: choose another output=")
-    if output.exists() and not overwrite:
-        raise UserError(f"output {output} already exists: choose another output= or set overwrite=true")
-
-
 def describe_check(exported: Exported) -> str:
     if not exported.max_difference:
         return "not checked against PyTorch: onnxruntime is not installed (pip install 'unetseg[onnx]')"
@@ -61,22 +51,18 @@ def describe_check(exported: Exported) -> str:
     return f"matches PyTorch within {TOLERANCE:g} at {sizes} (max |difference| {worst:.1e})"
 
 
-def export_command(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
-    typed: ExportConfig = to_typed(cfg)
-    check_export(typed)
-    fmt = typed.format.value
+def export_command(cfg: ExportConfig, run_dir: Path) -> dict[str, Any]:
+    fmt = cfg.format.value
     require_exporter(fmt)
-    if typed.checkpoint:
-        checkpoint_path = user_path(typed.checkpoint)
-    else:
-        checkpoint_path = newest_checkpoint(user_path(typed.runs_root))
-        console.print(f"checkpoint not given: using the newest, {checkpoint_path}")
+    checkpoint_path = find_checkpoint(cfg.checkpoint, cfg.runs_root)
     checkpoint = load_checkpoint(checkpoint_path)
-    output = output_path(typed.output, fmt, checkpoint_path, run_dir)
-    refuse_to_replace(output, checkpoint_path, typed.overwrite)
+    output = output_path(cfg.output, fmt, checkpoint_path, run_dir)
+    if output == checkpoint_path:
+        raise UserError(f"output {output} is the checkpoint itself: choose another output=")
+    refuse_to_overwrite([output], cfg.overwrite)  # before the (slow) export, so that a refusal comes at once
 
     console.print(f"exporting {checkpoint_path} as {fmt} …")
-    exported = export(checkpoint, fmt, typed.opset)
+    exported = export(checkpoint, fmt, cfg.opset)
     with atomic_open(output) as handle:
         handle.write(exported.data)
 

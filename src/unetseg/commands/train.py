@@ -9,23 +9,22 @@ import time
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
-from unetseg.atomic import write_text_atomic
-from unetseg.config import TrainConfig, check_train, to_typed
-from unetseg.console import config_tree, console
-from unetseg.distributed import current_world, gather_objects
-from unetseg.engine.trainer import Trainer
+from unetseg.config import TrainConfig
+from unetseg.io.atomic import write_text_atomic
 from unetseg.runner import run_command
+from unetseg.runtime.console import config_tree, console
+from unetseg.runtime.distributed import current_world, gather_objects
+from unetseg.training.trainer import Trainer
 
 
-def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+def train(cfg: TrainConfig, run_dir: Path) -> dict[str, Any]:
     started = time.time()
-    typed: TrainConfig = to_typed(cfg)
-    check_train(typed)
-    console.print(config_tree(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True), title="unetseg train"))  # type: ignore[arg-type]
+    tree = OmegaConf.to_container(OmegaConf.structured(cfg), enum_to_str=True)
+    console.print(config_tree(tree, title="unetseg train"))  # type: ignore[arg-type]
     console.print(f"run directory: {run_dir}")
-    result = Trainer(typed, run_dir).fit()
+    result = Trainer(cfg, run_dir).fit()
     world = current_world()
     if world.distributed:
         ranks_best = gather_objects(result.best)  # the all-reduced metrics must agree on every rank
@@ -40,7 +39,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "last": result.last,
         "epochs": result.epochs,
         "stopped_early": result.stopped_early,
-        "monitor": typed.trainer.monitor,
+        "monitor": cfg.trainer.monitor,
         "parameters": result.parameters,
         "wall_time_s": result.wall_time_s,
         "checkpoint_best": str(result.best_checkpoint),
@@ -58,7 +57,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     write_text_atomic(run_dir / "metrics.json", json.dumps(summary, indent=2))
     console.print(
         f"best checkpoint: {result.best_checkpoint} (epoch {result.best_epoch}, "
-        f"{typed.trainer.monitor} {result.best[typed.trainer.monitor]:.4f})"
+        f"{cfg.trainer.monitor} {result.best[cfg.trainer.monitor]:.4f})"
     )
     console.print(f"last checkpoint: {result.last_checkpoint}")
     console.print(f"metrics: {run_dir / 'metrics.jsonl'} (per epoch), {run_dir / 'metrics.json'} (summary)")

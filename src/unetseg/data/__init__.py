@@ -1,1 +1,1 @@
-"""Reading images and labels, pairing them, normalising, augmenting, and the synthetic generator."""
+"""Training data: pairing, label encodings, normalisation, augmentation, datasets, the synthetic generator."""

@@ -12,13 +12,13 @@ from torch.utils.data import Dataset
 
 from unetseg.config import AugmentConfig, DataConfig, DataSource
 from unetseg.data.augment import Sample, augment
-from unetseg.data.io import list_images, read_image, read_label
 from unetseg.data.labels import encode_label
 from unetseg.data.normalize import PercentileNormalizer
 from unetseg.data.pairing import pair_by_stem
 from unetseg.data.synthetic import synthetic_pair
-from unetseg.errors import UserError
-from unetseg.paths import user_path
+from unetseg.io.images import list_images, read_image, read_label
+from unetseg.runtime.errors import UserError
+from unetseg.runtime.paths import user_path
 
 
 @dataclass
@@ -40,6 +40,10 @@ class LabelledImages:
         head = LabelledImages(self.images[:cut], self.labels[:cut], self.names[:cut])
         tail = LabelledImages(self.images[cut:], self.labels[cut:], self.names[cut:])
         return head, tail
+
+    def __add__(self, other: LabelledImages) -> LabelledImages:
+        """Both sets, this one first (without loss weights)."""
+        return LabelledImages(self.images + other.images, self.labels + other.labels, self.names + other.names)
 
     def has_uniform_size(self) -> bool:
         return len({image.shape for image in self.images}) <= 1

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from unetseg.errors import UserError
+from unetseg.runtime.errors import UserError
 
 
 def encode_label(label: np.ndarray, num_classes: int, encoding: str, path: Path) -> np.ndarray:

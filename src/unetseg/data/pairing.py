@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from unetseg.data.io import natural_key
-from unetseg.errors import UserError
+from unetseg.io.images import natural_key
+from unetseg.runtime.errors import UserError
 
 
 def _by_stem(files: list[Path], role: str) -> dict[str, Path]:

@@ -8,12 +8,12 @@ default (64, depth 4) is 64-128-256-512-512: 13,394,177 parameters with bilinear
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+from unetseg.config import ModelSpec, Upsampling
 
 
 class DoubleConv(nn.Sequential):
@@ -118,24 +118,15 @@ class UNet(nn.Module):
         return self.outc(y)
 
 
-@dataclass(frozen=True)
-class ModelSpec:
-    """Everything needed to rebuild the network; stored in every checkpoint as a plain dict."""
-
-    upsampling: str
-    in_channels: int
-    num_classes: int
-    base_channels: int
-    depth: int
-
-    def build(self) -> UNet:
-        return UNet(
-            in_channels=self.in_channels,
-            num_classes=self.num_classes,
-            base_channels=self.base_channels,
-            depth=self.depth,
-            transposed=self.upsampling == "transposed",
-        )
+def build_network(spec: ModelSpec) -> UNet:
+    """The untrained network that ``spec`` (the ``model`` config node, or a checkpoint's) describes."""
+    return UNet(
+        in_channels=spec.in_channels,
+        num_classes=spec.num_classes,
+        base_channels=spec.base_channels,
+        depth=spec.depth,
+        transposed=spec.upsampling == Upsampling.transposed,
+    )
 
 
 def fold_batchnorm(model: nn.Module) -> nn.Module:

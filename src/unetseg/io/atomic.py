@@ -1,14 +1,17 @@
-"""Atomic file writes: write a temporary file beside the target, then rename it into place."""
+"""Writing files safely: atomically (a temporary file beside the target, renamed into place), and never over
+an existing file unless the user said overwrite=true."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
+
+from unetseg.runtime.errors import UserError
 
 
 def _default_file_mode() -> int:
@@ -47,3 +50,16 @@ def write_text_atomic(path: Path, text: str) -> None:
 def copy_atomic(source: Path, target: Path) -> None:
     with atomic_open(target) as handle, source.open("rb") as reader:
         shutil.copyfileobj(reader, handle)
+
+
+def refuse_to_overwrite(paths: Sequence[Path], overwrite: bool) -> None:
+    """The one overwrite check: outputs that exist are replaced only with overwrite=true. Called before any
+    slow work, so that a refusal comes at once."""
+    existing = [path for path in paths if path.exists()]
+    if not existing or overwrite:
+        return
+    if len(paths) == 1:
+        what = f"{existing[0]} already exists"
+    else:
+        what = f"{len(existing)} output file(s) already exist in {existing[0].parent} (e.g. {existing[0].name})"
+    raise UserError(f"{what}: choose another output= or set overwrite=true")

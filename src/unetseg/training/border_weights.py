@@ -60,9 +60,7 @@ def border_weight_map(
 ) -> np.ndarray:
     """float32 (H, W) weights for one uint8 class-id label; without ``balance_classes`` w_c = 1 (for a
     loss whose Dice term already balances the classes)."""
-    weights = (
-        class_balance(label, max(2, num_classes)) if balance_classes else np.ones(label.shape, np.float32)
-    )
+    weights = class_balance(label, max(2, num_classes)) if balance_classes else np.ones(label.shape, np.float32)
     reach = sigma * math.sqrt(2 * 20)  # exp(-20) ≈ 2e-9: beyond this, the term vanishes
     d1, d2 = two_nearest_distances(label > 0, reach)
     border = w0 * np.exp(-((d1 + d2) ** 2) / (2 * sigma**2))

@@ -27,10 +27,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from unetseg import __version__
-from unetseg.engine.checkpoint import Checkpoint
-from unetseg.engine.metrics import to_probabilities
-from unetseg.errors import UserError
 from unetseg.model import UNet, fold_batchnorm
+from unetseg.model.checkpoint import Checkpoint
+from unetseg.model.head import to_probabilities
+from unetseg.runtime.errors import UserError
 
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt"}
 # The default names: ".torchscript.pt" so that an exported best.pt is never mistaken for a checkpoint.
@@ -60,16 +60,9 @@ class ProbabilityNet(nn.Module):
         return to_probabilities(logits[:, :, pads[2] : pads[2] + height, pads[0] : pads[0] + width])
 
 
-def trained_net(checkpoint: Checkpoint) -> UNet:
-    """The checkpoint's network in eval mode, as trained."""
-    net = checkpoint.model.build()
-    net.load_state_dict(checkpoint.state_dict)
-    return net.eval()
-
-
 def probability_net(checkpoint: Checkpoint) -> ProbabilityNet:
     """What gets exported: BatchNorm folded into the convolutions, as predict runs it."""
-    return ProbabilityNet(fold_batchnorm(trained_net(checkpoint))).eval()
+    return ProbabilityNet(fold_batchnorm(checkpoint.build_network())).eval()
 
 
 def minimum_side(checkpoint: Checkpoint) -> int:
@@ -98,7 +91,9 @@ def metadata(checkpoint: Checkpoint) -> dict[str, str]:
         "in_channels": str(spec.in_channels),
         "num_classes": str(spec.num_classes),
         "min_side": str(minimum_side(checkpoint)),
-        "model": json.dumps({"upsampling": spec.upsampling, "base_channels": spec.base_channels, "depth": spec.depth}),
+        "model": json.dumps(
+            {"upsampling": spec.upsampling.value, "base_channels": spec.base_channels, "depth": spec.depth}
+        ),
         "epoch": str(checkpoint.epoch),
     }
 
@@ -142,7 +137,7 @@ def export(checkpoint: Checkpoint, fmt: str, opset: int) -> Exported:
 
 def pytorch_probabilities(checkpoint: Checkpoint) -> Callable[[torch.Tensor], torch.Tensor]:
     """The reference: the checkpoint's network as trained (BatchNorm unfolded, its own padding), fp32."""
-    net = trained_net(checkpoint)
+    net = checkpoint.build_network()
 
     def run(x: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():

@@ -25,9 +25,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from unetseg.data.io import write_png_atomic
-from unetseg.data.tiff import tiff_writer
-from unetseg.engine.predictor import Segmentation
+from unetseg.inference.predictor import Segmentation
+from unetseg.io.png import write_png_atomic
+from unetseg.io.tiff import tiff_writer
+from unetseg.runtime.errors import UserError
 
 # RGB colours of classes 1, 2, ... (class 0 is black): green, magenta, yellow, cyan, orange, blue, then
 # hues spread by the golden ratio.
@@ -113,6 +114,19 @@ class OutputPlan:
         classes = max(2, self.num_outputs)
         shown = self.overlay_classes if self.overlay_classes is not None else tuple(range(1, classes))
         return overlay(result, self.overlay_style, classes, shown)
+
+
+def overlay_ids(names: list[str] | None, class_names: list[str]) -> tuple[int, ...] | None:
+    """The class ids that ``overlay_classes`` names (None: the default, every class but the first)."""
+    if names is None:
+        return None
+    unknown = [name for name in names if name not in class_names]
+    if unknown:
+        raise UserError(
+            f"overlay_classes={list(names)}: {', '.join(unknown)} is not a class of this checkpoint; "
+            f"its classes are {', '.join(class_names)}"
+        )
+    return tuple(class_names.index(name) for name in names)
 
 
 def overlay(result: Segmentation, style: str, num_classes: int, shown: tuple[int, ...]) -> np.ndarray:

@@ -9,26 +9,7 @@ from __future__ import annotations
 
 import torch
 
-
-def to_probabilities(logits: torch.Tensor) -> torch.Tensor:
-    """(N, K, H, W) logits → probabilities: sigmoid of a single logit, softmax of several."""
-    logits = logits.float()
-    return torch.sigmoid(logits) if logits.shape[1] == 1 else torch.softmax(logits, dim=1)
-
-
-def classes_from_probabilities(probabilities: torch.Tensor, threshold: float) -> torch.Tensor:
-    """(N, K, H, W) probabilities → (N, H, W) class ids: probability ≥ threshold for one output, else argmax.
-
-    The one decision rule that validation, predict and evaluate share (never a threshold on raw logits).
-    """
-    if probabilities.shape[1] == 1:
-        return (probabilities[:, 0] >= threshold).long()
-    return probabilities.argmax(dim=1)
-
-
-def predict_classes(logits: torch.Tensor, threshold: float) -> torch.Tensor:
-    """(N, K, H, W) logits → (N, H, W) class ids."""
-    return classes_from_probabilities(to_probabilities(logits), threshold)
+from unetseg.scoring.names import DICE, IOU, PIXEL_ERROR, dice_of, iou_of
 
 
 class ConfusionMatrix:
@@ -50,11 +31,11 @@ class ConfusionMatrix:
         dice = torch.where(tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn).clamp(min=1), torch.ones_like(tp))
         iou = torch.where(tp + fp + fn > 0, tp / (tp + fp + fn).clamp(min=1), torch.ones_like(tp))
         result: dict[str, float] = {
-            "dice": dice.mean().item(),
-            "iou": iou.mean().item(),
-            "pixel_error": 1.0 - (tp.sum() / counts.sum().clamp(min=1)).item(),
+            DICE.key: dice.mean().item(),
+            IOU.key: iou.mean().item(),
+            PIXEL_ERROR.key: 1.0 - (tp.sum() / counts.sum().clamp(min=1)).item(),
         }
         for index, name in enumerate(class_names):
-            result[f"dice_{name}"] = dice[index].item()
-            result[f"iou_{name}"] = iou[index].item()
+            result[dice_of(name).key] = dice[index].item()
+            result[iou_of(name).key] = iou[index].item()
         return result

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
-from unetseg.console import console
-from unetseg.errors import UserError
+from unetseg.runtime.console import console
+from unetseg.runtime.errors import UserError
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 

@@ -1,5 +1,5 @@
 """Training losses on logits: BCE (cross-entropy for several classes), soft Dice, their sum, and BCE
-weighted per pixel by the U-Net paper's border weight map (see unetseg.data.border_weights)."""
+weighted per pixel by the U-Net paper's border weight map (see unetseg.training.border_weights)."""
 
 from __future__ import annotations
 

@@ -1,45 +1,21 @@
-"""Metrics against hand-computed values, losses, checkpoints (atomic, weights_only), the optimiser."""
+"""Checkpoints (atomic, weights_only, foreign files) and the output head's decision rule (threshold on the
+sigmoid, argmax for several classes)."""
 
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from unetseg.config import LossName, OptimConfig, OptimizerName
+from unetseg.config import ModelSpec
 from unetseg.data.normalize import PercentileNormalizer
-from unetseg.engine.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from unetseg.engine.losses import compute_loss
-from unetseg.engine.metrics import ConfusionMatrix, predict_classes
-from unetseg.engine.optim import build_optimizer
-from unetseg.engine.precision import choose_fast_path
-from unetseg.engine.predictor import Predictor
-from unetseg.errors import UserError
-from unetseg.model import ModelSpec
-
-
-def test_dice_iou_accuracy_match_hand_computation() -> None:
-    truth = torch.tensor([[[1, 1, 0, 0], [1, 1, 0, 0]]])
-    predicted = torch.tensor([[[1, 0, 0, 0], [1, 1, 1, 0]]])
-    matrix = ConfusionMatrix(2)
-    matrix.update(predicted, truth)
-    scores = matrix.scores(["membrane", "cell"])
-    # cell: TP 3, FP 1, FN 1 → Dice 6/8, IoU 3/5; membrane: TP 3, FP 1, FN 1 → the same
-    assert scores["dice_cell"] == pytest.approx(0.75)
-    assert scores["iou_cell"] == pytest.approx(0.6)
-    assert scores["dice_membrane"] == pytest.approx(0.75)
-    assert scores["pixel_error"] == pytest.approx(2 / 8)
-    assert scores["dice"] == pytest.approx(0.75)
-
-
-def test_metrics_accumulate_over_images_and_absent_class_scores_one() -> None:
-    matrix = ConfusionMatrix(3)
-    matrix.update(torch.tensor([[0, 1]]), torch.tensor([[0, 1]]))
-    matrix.update(torch.tensor([[1, 1]]), torch.tensor([[1, 0]]))
-    scores = matrix.scores(["a", "b", "c"])
-    assert scores["dice_a"] == pytest.approx(2 * 1 / (2 * 1 + 0 + 1))
-    assert scores["dice_b"] == pytest.approx(2 * 2 / (2 * 2 + 1 + 0))
-    assert scores["dice_c"] == 1.0
+from unetseg.inference.predictor import Predictor
+from unetseg.model import build_network
+from unetseg.model.checkpoint import Checkpoint, find_checkpoint, load_checkpoint, save_checkpoint
+from unetseg.model.head import predict_classes
+from unetseg.runtime.errors import UserError
+from unetseg.runtime.precision import choose_fast_path
 
 
 def test_threshold_applies_to_the_sigmoid_not_the_logit() -> None:
@@ -49,28 +25,11 @@ def test_threshold_applies_to_the_sigmoid_not_the_logit() -> None:
     assert predict_classes(torch.tensor([[[[0.1]], [[2.0]], [[0.3]]]]), 0.5).tolist() == [[[1]]]
 
 
-@pytest.mark.parametrize("loss", list(LossName))
-def test_losses_are_low_for_confident_correct_logits(loss: LossName) -> None:
-    target = torch.tensor([[[0, 1], [1, 0]]])
-    good = (target.float() * 20 - 10)[:, None]
-    assert compute_loss(loss, good, target) < 0.01
-    assert compute_loss(loss, -good, target) > 0.4
-
-
-def test_optimiser_settings_reach_torch() -> None:
-    params = [torch.nn.Parameter(torch.zeros(1))]
-    cfg = OptimConfig(
-        name=OptimizerName.rmsprop, lr=1e-5, weight_decay=1e-8, momentum=0.9, betas=[0.9, 0.999], nesterov=False
-    )
-    optimizer = build_optimizer(params, cfg)
-    assert isinstance(optimizer, torch.optim.RMSprop)
-    assert optimizer.defaults["lr"] == 1e-5 and optimizer.defaults["momentum"] == 0.9
-    assert optimizer.defaults["weight_decay"] == 1e-8
-
-
 def make_checkpoint() -> Checkpoint:
     spec = ModelSpec("bilinear", 1, 1, 4, 2)
-    return Checkpoint(spec.build().state_dict(), spec, PercentileNormalizer(1, 99), ["bg", "fg"], 0.4, 3, {"dice": 0.5})
+    return Checkpoint(
+        build_network(spec).state_dict(), spec, PercentileNormalizer(1, 99), ["bg", "fg"], 0.4, 3, {"dice": 0.5}
+    )
 
 
 def test_checkpoint_round_trip_with_weights_only(tmp_path: Path) -> None:
@@ -112,7 +71,7 @@ def test_foreign_files_are_not_checkpoints(tmp_path: Path) -> None:
 
 def test_several_classes_predict_by_argmax() -> None:
     spec = ModelSpec("bilinear", 1, 3, 4, 2)
-    model = spec.build()
+    model = build_network(spec)
     with torch.no_grad():  # make the 1×1 output layer prefer class 2 everywhere
         model.outc.weight.zero_()
         model.outc.bias.copy_(torch.tensor([0.0, 1.0, 5.0]))
@@ -120,3 +79,18 @@ def test_several_classes_predict_by_argmax() -> None:
     predictor = Predictor(checkpoint, choose_fast_path(torch.device("cpu"), "auto", True))
     classes = predictor.predict(np.random.default_rng(0).integers(0, 255, (1, 9, 11)).astype(np.uint8))
     assert classes.shape == (9, 11) and set(np.unique(classes)) == {2}
+
+
+def test_one_finder_takes_the_newest_under_runs_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    runs = tmp_path / "runs"
+    for index, run in enumerate(("old", "new", "sweep/0")):
+        path = runs / run / "checkpoints" / "last.pt"
+        path.parent.mkdir(parents=True)
+        path.write_bytes(b"x")
+        os.utime(path, ns=(10**18 + index, 10**18 + index))
+    assert find_checkpoint(None, "runs", "last.pt") == runs / "sweep" / "0" / "checkpoints" / "last.pt"
+    assert find_checkpoint(None, "runs", "last.pt", exclude=runs / "sweep") == runs / "new" / "checkpoints" / "last.pt"
+    assert find_checkpoint("runs/old/checkpoints/last.pt", "elsewhere") == runs / "old" / "checkpoints" / "last.pt"
+    with pytest.raises(UserError, match="no training run with checkpoints/best.pt under"):
+        find_checkpoint(None, "runs")

@@ -12,17 +12,16 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from unetseg.distributed import all_reduce_sum
-from unetseg.engine.metrics import ConfusionMatrix
-from unetseg.engine.region_metrics import (
+from unetseg.runtime.distributed import all_reduce_sum
+from unetseg.scoring.confusion import ConfusionMatrix
+from unetseg.scoring.names import RAND_ERROR, REGION_SCORES, V_INFO
+from unetseg.scoring.regions import (
     adapted_rand_error,
     connected_regions,
     contingency,
     fill_background,
     information_score,
 )
-
-REGION_SCORES = ("rand_error", "v_info")
 
 
 def image_scores(predicted: np.ndarray, truth: np.ndarray, class_names: Sequence[str]) -> dict[str, float]:
@@ -34,8 +33,8 @@ def image_scores(predicted: np.ndarray, truth: np.ndarray, class_names: Sequence
     table = contingency(connected_regions(truth), fill_background(connected_regions(predicted)))
     return {
         **confusion.scores(class_names),
-        "rand_error": adapted_rand_error(table),
-        "v_info": information_score(table),
+        RAND_ERROR.key: adapted_rand_error(table),
+        V_INFO.key: information_score(table),
     }
 
 
@@ -52,9 +51,9 @@ class ScoreBoard:
     def add(self, name: str, predicted: np.ndarray, truth: np.ndarray) -> dict[str, float]:
         scores = image_scores(predicted, truth, self.class_names)
         self.confusion.update(torch.from_numpy(predicted), torch.from_numpy(truth))
-        for index, key in enumerate(REGION_SCORES):
-            if not math.isnan(scores[key]):
-                self._region_sums[2 * index] += scores[key]
+        for index, score in enumerate(REGION_SCORES):
+            if not math.isnan(scores[score.key]):
+                self._region_sums[2 * index] += scores[score.key]
                 self._region_sums[2 * index + 1] += 1
         self.per_image[name] = scores
         return scores
@@ -66,7 +65,7 @@ class ScoreBoard:
 
     def summary(self) -> dict[str, float]:
         result = self.confusion.scores(self.class_names)
-        for index, key in enumerate(REGION_SCORES):
+        for index, score in enumerate(REGION_SCORES):
             total, count = self._region_sums[2 * index].item(), self._region_sums[2 * index + 1].item()
-            result[key] = total / count if count else math.nan
+            result[score.key] = total / count if count else math.nan
         return result

@@ -5,7 +5,7 @@ packages (none, deflate, LZMA, PackBits) in grayscale or RGB: unlike OpenCV's TI
 corrupt page data instead of returning garbage. Other pages (LZW or JPEG, which tifffile leaves to the
 imagecodecs package; palette or inverted grey) are decoded by OpenCV, as single images always were.
 Pages come out in OpenCV's layout, (H, W) or (H, W, samples) in BGR order, so one conversion
-(:func:`unetseg.data.io.as_channels`) serves every reader.
+(:func:`unetseg.io.images.as_channels`) serves every reader.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import numpy as np
 import tifffile
 from tifffile import EXTRASAMPLE, PHOTOMETRIC, TIFF
 
-from unetseg.atomic import atomic_open
-from unetseg.errors import UserError
+from unetseg.io.atomic import atomic_open
+from unetseg.runtime.errors import UserError
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 _ALPHA = (EXTRASAMPLE.ASSOCALPHA, EXTRASAMPLE.UNASSALPHA)

@@ -1,20 +1,23 @@
-"""Turning images into class-id masks with a checkpoint: the code predict (and later evaluate) share."""
+"""Turning images into class-id masks with a checkpoint: the code predict and evaluate share."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from unetseg.config import InferenceConfig
 from unetseg.data.normalize import Scaling
-from unetseg.engine.checkpoint import Checkpoint
-from unetseg.engine.metrics import classes_from_probabilities, to_probabilities
-from unetseg.engine.precision import FastPath
-from unetseg.engine.sliding_window import Prepare, assemble, blended_rows, count_tiles, with_tta
-from unetseg.errors import UserError
+from unetseg.inference.sliding_window import Prepare, assemble, blended_rows, count_tiles, with_tta
 from unetseg.model import fold_batchnorm
+from unetseg.model.checkpoint import Checkpoint, load_checkpoint
+from unetseg.model.head import classes_from_probabilities, to_probabilities
+from unetseg.runtime.device import resolve_device
+from unetseg.runtime.errors import UserError
+from unetseg.runtime.precision import FastPath, choose_fast_path
 
 
 @dataclass
@@ -52,9 +55,13 @@ class Predictor:
                 f"tile_size={self.tiling.tile} is smaller than this network's minimum input ({minimum} px for "
                 f"depth {checkpoint.model.depth}): use a larger tile_size"
             )
-        model = checkpoint.model.build()
-        model.load_state_dict(checkpoint.state_dict)
-        self.model = fast.prepare_model(fold_batchnorm(model.eval()))
+        self.model = fast.prepare_model(fold_batchnorm(checkpoint.build_network()))
+
+    def describe(self) -> str:
+        """e.g. ``cpu · bf16 autocast (avx512_bf16) · … · 512-px tiles, overlap 0.5 · TTA none · threshold 0.5``"""
+        t = self.tiling
+        tiles = f"{t.tile}-px tiles, overlap {t.overlap}" if t.tile else "whole images"
+        return f"{self.fast.describe()} · {tiles} · TTA {t.tta} · threshold {self.threshold}"
 
     @property
     def in_channels(self) -> int:
@@ -146,6 +153,13 @@ class Predictor:
         return classes[0].to(torch.uint8).numpy()
 
 
+def build_predictor(cfg: InferenceConfig, path: Path) -> Predictor:
+    """The Predictor that the shared inference settings (conf/inference.yaml) describe, for one checkpoint."""
+    fast = choose_fast_path(resolve_device(cfg.device), cfg.precision.value, cfg.channels_last)
+    tiling = Tiling(cfg.tile_size, cfg.overlap, cfg.gaussian, cfg.batch_size, cfg.tta.value)
+    return Predictor(load_checkpoint(path), fast, cfg.threshold, tiling)
+
+
 def _stored(probabilities: np.ndarray, dtype: np.dtype) -> np.ndarray:
     """float32 probabilities as kept for writing: unchanged, or × 65535 rounded for a 16-bit PNG."""
     if dtype == np.float32:
@@ -153,4 +167,3 @@ def _stored(probabilities: np.ndarray, dtype: np.dtype) -> np.ndarray:
     np.clip(probabilities, 0, 1, out=probabilities)
     probabilities *= 65535
     return np.rint(probabilities, out=probabilities)
-

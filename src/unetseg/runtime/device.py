@@ -1,14 +1,24 @@
-"""Choosing the torch device."""
+"""Choosing the torch device: the one place that turns ``device=...`` into a torch.device."""
 
 from __future__ import annotations
 
 import torch
 
-from unetseg.errors import UserError
+from unetseg.runtime.distributed import current_world
+from unetseg.runtime.errors import UserError
 
 
 def resolve_device(name: str) -> torch.device:
-    """``auto`` → cuda, then mps, then cpu; an explicit device must be available."""
+    """``auto`` → cuda, then mps, then cpu; an explicit device must be available. Under torchrun a CUDA
+    device is this process's own GPU (``LOCAL_RANK``), whatever index the config names."""
+    device = _available_device(name)
+    world = current_world()
+    if device.type == "cuda" and world.distributed:
+        return torch.device("cuda", world.local_rank)
+    return device
+
+
+def _available_device(name: str) -> torch.device:
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")

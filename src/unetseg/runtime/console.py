@@ -1,10 +1,9 @@
-"""Everything the user sees: the config tree, progress bars, metric tables and one-line errors."""
+"""The terminal: the config tree, progress bars and one-line errors (score tables: unetseg.scoring.tables)."""
 
 from __future__ import annotations
 
-import math
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 from rich.console import Console
@@ -17,7 +16,6 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
-from rich.table import Table
 from rich.tree import Tree
 
 # Piped output (CI logs, tests) gets a wide fixed width so tables and paths are not wrapped at 80 columns.
@@ -56,33 +54,3 @@ def progress_bars() -> Progress:
         console=console,
         disable=console.quiet,  # ranks other than 0 under torchrun
     )
-
-
-def score_columns(class_names: Sequence[str]) -> list[tuple[str, str]]:
-    """(column title, metrics key) of every score, in the order tables show them."""
-    per_class = [(f"{kind} {name}", f"{kind.lower()}_{name}") for name in class_names for kind in ("Dice", "IoU")]
-    return [
-        ("loss", "val_loss"),
-        ("pixel error", "pixel_error"),
-        ("Dice", "dice"),
-        ("IoU", "iou"),
-        *per_class,
-        ("Rand error", "rand_error"),
-        ("V_info", "v_info"),
-    ]
-
-
-def metrics_table(title: str, rows: Sequence[tuple[str, Mapping[str, float]]], class_names: Sequence[str]) -> Table:
-    """One row per (label, scores); a column for every score that some row has (NaN shows as n/a)."""
-    columns = [(title_, key) for title_, key in score_columns(class_names) if any(key in m for _, m in rows)]
-    table = Table(title=title, title_justify="left")
-    table.add_column("")
-    for column_title, _ in columns:
-        table.add_column(column_title, justify="right")
-    for label, metrics in rows:
-        cells = [label]
-        for _, key in columns:
-            value = metrics.get(key, math.nan)
-            cells.append("n/a" if math.isnan(value) else f"{value:.4f}")
-        table.add_row(*cells)
-    return table

@@ -7,17 +7,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-LOWER_IS_BETTER = ("val_loss", "pixel_error", "rand_error")
-
-
-def lower_is_better(key: str) -> bool:
-    return key in LOWER_IS_BETTER
-
-
-def monitorable(class_names: list[str]) -> list[str]:
-    """Every score validation reports, by name."""
-    per_class = [f"{kind}_{name}" for name in class_names for kind in ("dice", "iou")]
-    return ["dice", "iou", *per_class, "pixel_error", "rand_error", "v_info", "val_loss"]
+from unetseg.scoring.names import lower_is_better
 
 
 @dataclass

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
-from unetseg.data.io import IMAGE_SUFFIXES, as_channels, list_images, natural_key, read_image
-from unetseg.data.tiff import TIFF_SUFFIXES, colour_samples, decode_page, open_tiff
-from unetseg.errors import UserError
-from unetseg.paths import user_path
+from unetseg.io.images import IMAGE_SUFFIXES, as_channels, list_images, natural_key, read_image
+from unetseg.io.tiff import TIFF_SUFFIXES, colour_samples, decode_page, open_tiff
+from unetseg.runtime.errors import UserError
+from unetseg.runtime.paths import user_path
 
 _GLOB_CHARACTERS = set("*?[")
 

@@ -6,16 +6,20 @@ and the threshold. No pickled Python objects, so loading never runs code from th
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from unetseg.atomic import atomic_open
+from unetseg.config import ModelSpec
 from unetseg.data.normalize import PercentileNormalizer
-from unetseg.errors import UserError
-from unetseg.model import ModelSpec
+from unetseg.io.atomic import atomic_open
+from unetseg.model.unet import UNet, build_network
+from unetseg.runtime.console import console
+from unetseg.runtime.distributed import broadcast_from_main
+from unetseg.runtime.errors import UserError
+from unetseg.runtime.paths import user_path
 
 FORMAT = "unetseg-checkpoint"
 FORMAT_VERSION = 1
@@ -33,12 +37,18 @@ class Checkpoint:
     # last.pt only: optimiser, scheduler, scaler, monitor and RNG state, for trainer.resume
     training_state: dict[str, Any] | None = None
 
+    def build_network(self) -> UNet:
+        """The trained network, in eval mode (as trained: BatchNorm not folded)."""
+        network = build_network(self.model)
+        network.load_state_dict(self.state_dict)
+        return network.eval()
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
             "state_dict": self.state_dict,
-            "model": asdict(self.model),
+            "model": self.model.to_dict(),
             "normalization": self.normalization.to_dict(),
             "class_names": list(self.class_names),
             "threshold": float(self.threshold),
@@ -77,6 +87,17 @@ def load_checkpoint(path: Path) -> Checkpoint:
         metrics=dict(raw["metrics"]),
         training_state=raw.get("training_state"),
     )
+
+
+def find_checkpoint(given: str | None, runs_root: str, name: str = "best.pt", exclude: Path | None = None) -> Path:
+    """The one checkpoint finder of train's resume, predict, evaluate and export: ``given``, or else the
+    newest ``checkpoints/<name>`` under ``runs_root``. Under torchrun rank 0 chooses and every rank takes
+    its choice, so that a run finishing meanwhile cannot split the ranks."""
+    if given:
+        return user_path(given)
+    path = Path(str(broadcast_from_main(str(newest_checkpoint(user_path(runs_root), name, exclude)))))
+    console.print(f"checkpoint not given: using the newest {name} under {runs_root}, {path}")
+    return path
 
 
 def newest_checkpoint(runs_root: Path, name: str = "best.pt", exclude: Path | None = None) -> Path:

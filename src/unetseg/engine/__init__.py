@@ -1,1 +1,0 @@
-"""Engines: the device, losses, metrics, checkpoints, the training loop and the predictor."""

@@ -1,0 +1,45 @@
+"""The one list of score names: the key each score has in metrics files and in ``trainer.monitor``, its
+column title, and whether lower is better. Tables, the monitor, the config checks and the sweep summary all
+read them from here."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Score:
+    key: str  # in metrics.json / metrics.jsonl, and what trainer.monitor names
+    title: str  # column title in tables
+    lower_is_better: bool = False
+
+
+LOSS = Score("val_loss", "loss", lower_is_better=True)
+PIXEL_ERROR = Score("pixel_error", "pixel error", lower_is_better=True)
+DICE = Score("dice", "Dice")  # mean over the classes
+IOU = Score("iou", "IoU")  # mean over the classes
+RAND_ERROR = Score("rand_error", "Rand error", lower_is_better=True)
+V_INFO = Score("v_info", "V_info")
+REGION_SCORES = (RAND_ERROR, V_INFO)  # defined per image; a set's value is the mean over its images
+
+
+def dice_of(class_name: str) -> Score:
+    return Score(f"dice_{class_name}", f"Dice {class_name}")
+
+
+def iou_of(class_name: str) -> Score:
+    return Score(f"iou_{class_name}", f"IoU {class_name}")
+
+
+def validation_scores(class_names: Sequence[str]) -> list[Score]:
+    """Every score validation and ``unetseg evaluate`` report, in the order tables show them."""
+    per_class = [score for name in class_names for score in (dice_of(name), iou_of(name))]
+    return [LOSS, PIXEL_ERROR, DICE, IOU, *per_class, RAND_ERROR, V_INFO]
+
+
+_LOWER_IS_BETTER = {score.key for score in (LOSS, PIXEL_ERROR, RAND_ERROR)}
+
+
+def lower_is_better(key: str) -> bool:
+    return key in _LOWER_IS_BETTER

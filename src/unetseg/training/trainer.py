@@ -1,0 +1,396 @@
+"""The training loop, as a story of named steps (the shape of nnU-Net's ``run_training``).
+
+:meth:`Trainer.fit` calls :meth:`~Trainer.on_train_start`, then for each epoch
+:meth:`~Trainer.on_epoch_start`, :meth:`~Trainer.train_epoch` (one :meth:`~Trainer.train_step` per batch),
+:meth:`~Trainer.validation_epoch` and :meth:`~Trainer.on_epoch_end`, and finally :meth:`~Trainer.on_train_end`.
+Checkpoints (:meth:`~Trainer.save_checkpoints`), the metrics file (:meth:`~Trainer.append_metrics`) and early
+stopping (:meth:`~Trainer.should_stop_early`) each live in one step of their own, so a variant changes one step.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from rich.progress import Progress
+from torch.nn.parallel import DistributedDataParallel
+
+from unetseg.config import TrainConfig
+from unetseg.data.dataset import LabelledImages, load_splits
+from unetseg.data.normalize import PercentileNormalizer
+from unetseg.io.atomic import copy_atomic
+from unetseg.model import build_network, count_parameters
+from unetseg.model.checkpoint import Checkpoint, find_checkpoint, load_checkpoint, save_checkpoint
+from unetseg.runtime.console import console, progress_bars
+from unetseg.runtime.device import resolve_device
+from unetseg.runtime.distributed import all_reduce_sum, broadcast_buffers, current_world
+from unetseg.runtime.errors import UserError
+from unetseg.runtime.precision import choose_fast_path, maybe_compile
+from unetseg.scoring.names import PIXEL_ERROR, RAND_ERROR, dice_of, lower_is_better
+from unetseg.scoring.tables import metrics_table
+from unetseg.training.border_weights import border_weight_map
+from unetseg.training.loader import start_epoch, training_loader
+from unetseg.training.losses import WEIGHTED, compute_loss
+from unetseg.training.monitor import Monitor
+from unetseg.training.optimizers import build_optimizer
+from unetseg.training.schedules import build_schedule
+from unetseg.training.validation import validate
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    best_epoch: int
+    best: dict[str, float]
+    last: dict[str, float]
+    epochs: int  # epochs trained (fewer than asked when stopped early)
+    stopped_early: bool
+    parameters: int
+    wall_time_s: float
+    best_checkpoint: Path
+    last_checkpoint: Path
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, run_dir: Path) -> None:
+        self.cfg = cfg
+        self.run_dir = run_dir
+        self.checkpoint_dir = run_dir / "checkpoints"
+        self.metrics_path = run_dir / "metrics.jsonl"
+        self.world = current_world()
+        self.fast = choose_fast_path(
+            resolve_device(cfg.trainer.device), cfg.trainer.precision.value, cfg.trainer.channels_last
+        )
+        self.device = self.fast.device
+        self.spec = cfg.model
+        normalization = cfg.data.normalization
+        self.normalizer = PercentileNormalizer(normalization.low_percentile, normalization.high_percentile)
+        self.class_names = list(cfg.data.class_names)
+        self.shuffle_generator = torch.Generator()
+        self.monitor = Monitor(cfg.trainer.monitor, cfg.trainer.monitor_ema)
+        self.first_epoch, self.epoch = 1, 0
+        self.best: dict[str, float] = {}
+        self.last: dict[str, float] = {}
+        self.stopped_early = False
+
+    def fit(self) -> TrainResult:
+        self.on_train_start()
+        with progress_bars() as progress:
+            self.bars = TrainingBars(progress, self.cfg.trainer.epochs, self.first_epoch - 1, len(self.loader))
+            for epoch in range(self.first_epoch, self.cfg.trainer.epochs + 1):
+                self.on_epoch_start(epoch)
+                train_loss = self.train_epoch()
+                metrics = self.validation_epoch(train_loss)
+                self.on_epoch_end(metrics)
+                if self.should_stop_early():
+                    break
+        return self.on_train_end()
+
+    # ---- set-up ------------------------------------------------------------------------------------------
+
+    def on_train_start(self) -> None:
+        """Seed, load the data, build the network and its optimiser, resume if asked, and say what runs."""
+        self.started = time.perf_counter()
+        seed_everything(self.cfg.trainer.seed)
+        self.train_items, self.val_items = self.load_data()
+        self.loader = training_loader(self.train_items, self.cfg, self.world, self.device, self.shuffle_generator)
+        resumed = self.resume_source()
+        self.build_network(resumed)
+        self.build_optimisation()
+        if resumed is not None:
+            self.restore(resumed)
+        self.wrap_network()
+        self.describe()
+
+    def load_data(self) -> tuple[LabelledImages, LabelledImages]:
+        """Training and validation images; the border weight maps when the loss uses them (computed once)."""
+        cfg, t = self.cfg, self.cfg.trainer
+        train, val = load_splits(cfg.data, cfg.model.in_channels, cfg.model.num_classes, self.normalizer)
+        if t.loss in WEIGHTED:
+            train.weights = [
+                border_weight_map(label, self.spec.num_classes, t.border_weight, t.border_sigma, t.class_balance)
+                for label in train.labels
+            ]
+        return train, val
+
+    def build_network(self, resumed: Checkpoint | None) -> None:
+        """The network on its device (weights from ``resumed``, if any); SyncBatchNorm if asked."""
+        model = build_network(self.spec)
+        if resumed is not None:
+            model.load_state_dict(resumed.state_dict)
+        if self.cfg.trainer.sync_batchnorm and self.world.distributed:
+            if self.device.type != "cuda":
+                raise UserError(
+                    "trainer.sync_batchnorm=true needs CUDA devices (PyTorch's SyncBatchNorm runs on GPUs only); "
+                    "set it to false on CPUs"
+                )
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        self.model = self.fast.prepare_model(model)
+        self.parameters = count_parameters(self.model)
+
+    def build_optimisation(self) -> None:
+        cfg = self.cfg
+        self.optimizer = build_optimizer(self.model.parameters(), cfg.optim)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.fast.needs_grad_scaler)
+        total_steps = cfg.trainer.epochs * len(self.loader)
+        self.schedule = build_schedule(self.optimizer, cfg.schedule, total_steps, lower_is_better(self.monitor.key))
+
+    def wrap_network(self) -> None:
+        """``network`` trains (compiled if asked, DDP under torchrun); ``evaluated`` validates, unwrapped:
+        ranks see different image counts, and DDP needs them in lockstep."""
+        example = self.fast.prepare_input(torch.from_numpy(self.train_items.images[0])[None])
+        self.evaluated = maybe_compile(self.model, self.cfg.trainer.compile, example, self.fast)
+        self.network: torch.nn.Module = self.evaluated
+        if self.world.distributed:
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            self.network = DistributedDataParallel(self.evaluated, device_ids=device_ids)
+
+    def describe(self) -> None:
+        cfg, monitor = self.cfg, self.monitor
+        ranks = f" · {self.world.size} processes ({dist_backend()})" if self.world.distributed else ""
+        console.print(f"[bold]{self.fast.describe()}{ranks}[/]")
+        log.info("%s%s", self.fast.describe(), ranks)
+        patches = f" ({cfg.data.patch_size}×{cfg.data.patch_size} crops)" if cfg.data.patch_size else ""
+        patches += f", {len(self.loader.dataset)} samples per epoch" if cfg.data.samples_per_epoch else ""  # type: ignore[arg-type]
+        console.print(
+            f"[bold]data[/]: {len(self.train_items)} training{patches}, {len(self.val_items)} validation images · "
+            f"[bold]model[/]: U-Net {self.spec.upsampling.value}, {self.parameters:,} parameters · "
+            f"[bold]best by[/]: {monitor.key}{f' (EMA {monitor.ema})' if monitor.ema else ''}"
+        )
+
+    # ---- resuming ----------------------------------------------------------------------------------------
+
+    def resume_source(self) -> Checkpoint | None:
+        """The last.pt that trainer.resume names (auto: the newest under runs_root), checked against this run."""
+        t = self.cfg.trainer
+        if t.resume is None:
+            return None
+        given = None if t.resume == "auto" else t.resume
+        path = find_checkpoint(given, self.cfg.runs_root, "last.pt", exclude=self.run_dir)
+        checkpoint = load_checkpoint(path)
+        if checkpoint.training_state is None:
+            raise UserError(f"{path} has no training state to resume from: use the run's checkpoints/last.pt")
+        if checkpoint.model != self.spec:
+            raise UserError(
+                f"{path} holds a different network ({checkpoint.model}) than this config ({self.spec}): "
+                "resume with the model settings of that run"
+            )
+        if checkpoint.epoch >= t.epochs:
+            raise UserError(
+                f"{path} has already trained {checkpoint.epoch} of trainer.epochs={t.epochs}: "
+                f"raise trainer.epochs above {checkpoint.epoch} to train on"
+            )
+        self.resumed_from = path
+        return checkpoint
+
+    def restore(self, resumed: Checkpoint) -> None:
+        """Load the optimiser, scaler, schedule and RNG state, and carry over the earlier run's history
+        (metrics.jsonl and best.pt) so this run directory tells the whole story."""
+        state = resumed.training_state
+        assert state is not None
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.schedule.load_state_dict(state["schedule"])
+        torch.set_rng_state(state["torch_rng"])
+        if self.world.is_main:
+            source_run = self.resumed_from.parent.parent
+            self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+            for source, target in (
+                (self.resumed_from.parent / "best.pt", self.checkpoint_dir / "best.pt"),
+                (source_run / "metrics.jsonl", self.metrics_path),
+            ):
+                if source.is_file():
+                    copy_atomic(source, target)
+        console.print(f"resuming from {self.resumed_from} after epoch {resumed.epoch}")
+        self.monitor, self.best = Monitor.from_state(state["monitor"]), dict(state["best"])
+        self.epoch, self.first_epoch = resumed.epoch, resumed.epoch + 1
+
+    # ---- one epoch ---------------------------------------------------------------------------------------
+
+    def on_epoch_start(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.epoch_started = time.perf_counter()
+        start_epoch(self.loader, self.shuffle_generator, self.cfg.trainer.seed, epoch)
+        self.bars.start_epoch(len(self.loader))
+
+    def train_epoch(self) -> float:
+        """One pass over the loader; the mean training loss over every rank's steps."""
+        self.network.train()
+        loss_sum = torch.zeros((), device=self.device)
+        for step, (images, labels, weights) in enumerate(self.loader, start=1):
+            loss_sum += self.train_step(images, labels, weights)
+            # Reading the loss synchronises with the device: only every 10 steps, for the progress bar.
+            status = f"loss {loss_sum.item() / step:.4f}" if step % 10 == 0 or step == len(self.loader) else None
+            self.bars.batch_done(status)
+        # One reduction per epoch.
+        totals = all_reduce_sum(torch.stack([loss_sum, torch.tensor(float(len(self.loader)), device=self.device)]))
+        return (totals[0] / totals[1].clamp(min=1)).item()
+
+    def train_step(self, images: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """Forward, loss, backward and one optimiser step; returns the (detached) loss."""
+        images = self.fast.prepare_input(images)
+        labels = labels.to(self.device, non_blocking=True)
+        pixel_weights = weights.to(self.device, non_blocking=True) if weights.numel() else None
+        with self.fast.autocast():
+            logits = self.network(images)
+        loss = compute_loss(self.cfg.trainer.loss, logits, labels, pixel_weights)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.schedule.after_step()
+        return loss.detach()
+
+    def validation_epoch(self, train_loss: float) -> dict[str, float]:
+        # Each rank's last forward pass updated its own BatchNorm running statistics: validate (and save)
+        # rank 0's, on every rank.
+        broadcast_buffers(self.model)
+        t = self.cfg.trainer
+        return {
+            "train_loss": train_loss,
+            "lr": self.optimizer.param_groups[0]["lr"],
+            **validate(self.evaluated, self.val_items, t.loss, t.threshold, self.class_names, self.fast),
+        }
+
+    def on_epoch_end(self, metrics: dict[str, float]) -> None:
+        """Pick the best epoch, step a plateau schedule, save, record and report."""
+        self.last = metrics
+        improved = self.monitor.update(metrics, self.epoch)
+        self.schedule.after_validation(metrics[self.monitor.key])
+        if improved:
+            self.best = metrics
+        if self.world.is_main:
+            self.save_checkpoints(improved)
+            self.append_metrics(improved)
+        self.report_epoch(improved)
+
+    def save_checkpoints(self, improved: bool) -> None:
+        """best.pt when the monitored score improved; last.pt (with the training state) every epoch."""
+        if improved:
+            save_checkpoint(self.checkpoint(), self.checkpoint_dir / "best.pt")
+        save_checkpoint(self.checkpoint(self.training_state()), self.checkpoint_dir / "last.pt")
+
+    def append_metrics(self, improved: bool) -> None:
+        """One line of metrics.jsonl per epoch."""
+        record = {
+            "epoch": self.epoch,
+            **{k: round(v, 6) for k, v in self.last.items()},
+            "epoch_time_s": round(time.perf_counter() - self.epoch_started, 3),
+            "best": improved,
+        }
+        with self.metrics_path.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+    def report_epoch(self, improved: bool) -> None:
+        monitor, epochs = self.monitor, self.cfg.trainer.epochs
+        best_label = "best EMA" if monitor.ema else "best"
+        status = f"{monitor.key} {self.last[monitor.key]:.4f} ({best_label} {monitor.best:.4f}"
+        status += f" @ {monitor.best_epoch})"
+        self.bars.epoch_done(status)
+        line = f"epoch {self.epoch}/{epochs} · {epoch_line(self.last, self.class_names)}"
+        if self.world.is_main:
+            log.info("%s%s", line, " (best)" if improved else "")
+        self.bars.print(line + (" · [green]best[/]" if improved else ""))
+
+    def should_stop_early(self) -> bool:
+        patience = self.cfg.trainer.early_stopping
+        if not self.monitor.should_stop(patience):
+            return False
+        self.stopped_early = True
+        console.print(
+            f"early stopping: {self.monitor.key} has not improved for {patience} epochs "
+            f"(best at epoch {self.monitor.best_epoch})"
+        )
+        return True
+
+    # ---- the end -----------------------------------------------------------------------------------------
+
+    def on_train_end(self) -> TrainResult:
+        best_epoch = self.monitor.best_epoch
+        rows = [(f"best (epoch {best_epoch})", self.best), (f"last (epoch {self.epoch})", self.last)]
+        console.print(metrics_table("validation scores", rows, self.class_names))
+        return TrainResult(
+            best_epoch=best_epoch,
+            best=self.best,
+            last=self.last,
+            epochs=self.epoch,
+            stopped_early=self.stopped_early,
+            parameters=self.parameters,
+            wall_time_s=time.perf_counter() - self.started,
+            best_checkpoint=self.checkpoint_dir / "best.pt",
+            last_checkpoint=self.checkpoint_dir / "last.pt",
+        )
+
+    # ---- helpers -----------------------------------------------------------------------------------------
+
+    def checkpoint(self, training_state: dict[str, Any] | None = None) -> Checkpoint:
+        return Checkpoint(
+            state_dict={k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            model=self.spec,
+            normalization=self.normalizer,
+            class_names=self.class_names,
+            threshold=self.cfg.trainer.threshold,
+            epoch=self.epoch,
+            metrics=self.last,
+            training_state=training_state,
+        )
+
+    def training_state(self) -> dict[str, Any]:
+        """Everything besides the weights that a resumed run needs to continue exactly (tensors and
+        primitives only, so last.pt still loads with weights_only=True)."""
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "monitor": self.monitor.state_dict(),
+            "best": dict(self.best),
+            "torch_rng": torch.get_rng_state(),
+        }
+
+
+class TrainingBars:
+    """Progress over epochs and over the batches of the epoch at hand."""
+
+    def __init__(self, progress: Progress, epochs: int, done: int, batches: int) -> None:
+        self.progress = progress
+        self.epochs = progress.add_task("epochs", total=epochs, completed=done, status="")
+        self.batches = progress.add_task("batches", total=batches, status="")
+
+    def start_epoch(self, batches: int) -> None:
+        self.progress.reset(self.batches, total=batches, status="")
+
+    def batch_done(self, status: str | None) -> None:
+        self.progress.update(self.batches, advance=1, **({"status": status} if status else {}))
+
+    def epoch_done(self, status: str) -> None:
+        self.progress.update(self.epochs, advance=1, status=status)
+
+    def print(self, line: str) -> None:
+        self.progress.console.print(line)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def dist_backend() -> str:
+    return str(dist.get_backend()) if dist.is_initialized() else "single process"
+
+
+def epoch_line(metrics: dict[str, float], class_names: list[str]) -> str:
+    parts = [f"train loss {metrics['train_loss']:.4f}", f"val loss {metrics['val_loss']:.4f}"]
+    parts += [f"pixel error {metrics[PIXEL_ERROR.key]:.4f}"]
+    parts += [f"Dice {name} {metrics[dice_of(name).key]:.4f}" for name in class_names]
+    parts += [f"Rand error {metrics[RAND_ERROR.key]:.4f}"]
+    return " · ".join(parts)

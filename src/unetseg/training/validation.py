@@ -1,0 +1,44 @@
+"""One validation pass: the loss and every score of `unetseg evaluate`, over whole images."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from unetseg.config import LossName
+from unetseg.data.dataset import LabelledImages
+from unetseg.model.head import predict_classes
+from unetseg.runtime.distributed import all_reduce_sum, current_world
+from unetseg.runtime.precision import FastPath
+from unetseg.scoring.board import ScoreBoard
+from unetseg.scoring.names import LOSS
+from unetseg.training.losses import compute_loss
+
+
+def validate(
+    network: torch.nn.Module,
+    items: LabelledImages,
+    loss_name: LossName,
+    threshold: float,
+    class_names: list[str],
+    fast: FastPath,
+) -> dict[str, float]:
+    """Validation loss and every score of unetseg evaluate, over whole images (one at a time, so any
+    size works). The weighted losses are reported unweighted: validation images carry no weight map."""
+    network.eval()
+    world = current_world()
+    board = ScoreBoard(class_names)
+    total_loss = torch.zeros((), device=fast.device)
+    with torch.inference_mode():  # under torchrun each rank takes every world.size-th image
+        for name, image, label in list(zip(items.names, items.images, items.labels, strict=True))[
+            world.rank :: world.size
+        ]:
+            x = fast.prepare_input(torch.from_numpy(image)[None])
+            y = torch.from_numpy(label.astype(np.int64))[None].to(fast.device)
+            with fast.autocast():
+                logits = network(x)
+            total_loss += compute_loss(loss_name, logits, y)
+            board.add(name, predict_classes(logits, threshold)[0].to(torch.uint8).cpu().numpy(), label)
+    board.reduce_across_ranks(fast.device)  # every rank gets the same scores
+    all_reduce_sum(total_loss)
+    return {LOSS.key: (total_loss / len(items)).item(), **board.summary()}
