@@ -94,3 +94,11 @@ def test_one_finder_takes_the_newest_under_runs_root(tmp_path: Path, monkeypatch
     assert find_checkpoint("runs/old/checkpoints/last.pt", "elsewhere") == runs / "old" / "checkpoints" / "last.pt"
     with pytest.raises(UserError, match="no training run with checkpoints/best.pt under"):
         find_checkpoint(None, "runs")
+
+
+def test_a_model_spec_that_cannot_be_built_is_one_line(tmp_path: Path) -> None:
+    raw = make_checkpoint().to_dict()
+    raw["model"]["upsampling"] = "nearest"
+    torch.save(raw, tmp_path / "odd.pt")
+    with pytest.raises(UserError, match="describes a network this unetseg cannot build"):
+        load_checkpoint(tmp_path / "odd.pt")

@@ -16,6 +16,7 @@ from unetseg.data.labels import encode_label
 from unetseg.data.normalize import PercentileNormalizer
 from unetseg.data.pairing import pair_by_stem
 from unetseg.data.synthetic import synthetic_pair
+from unetseg.io.atomic import refuse_to_overwrite
 from unetseg.io.images import list_images, read_image, read_label
 from unetseg.runtime.errors import UserError
 from unetseg.runtime.paths import config_dir, register_resolvers
@@ -280,3 +281,15 @@ def test_colour_training_images(tmp_path: Path) -> None:
         cv2.imwrite(str(path), np.dstack([gray, gray // 2, 255 - gray]))
     train, _ = load_splits(folder_config(root), 3, 1, NORMALIZER)
     assert train.images[0].shape == (3, 24, 24) and train.images[0].dtype == np.float32
+
+
+def test_one_overwrite_check_names_what_exists(tmp_path: Path) -> None:
+    first, second = tmp_path / "a.png", tmp_path / "b.png"
+    refuse_to_overwrite([first, second], overwrite=False)  # nothing there yet
+    first.write_bytes(b"x")
+    with pytest.raises(UserError, match=r"a\.png already exists: choose another output= or set overwrite=true"):
+        refuse_to_overwrite([first], overwrite=False)
+    second.write_bytes(b"x")
+    with pytest.raises(UserError, match=r"2 output file\(s\) already exist in .* \(e\.g\. a\.png\)"):
+        refuse_to_overwrite([first, second], overwrite=False)
+    refuse_to_overwrite([first, second], overwrite=True)

@@ -18,6 +18,8 @@ from unetseg.config import (
     SynthesizeConfig,
     TrainConfig,
 )
+from unetseg.inference.writers import OUTPUT_KINDS
+from unetseg.runtime.device import DEVICE_KINDS
 from unetseg.runtime.errors import UserError
 from unetseg.scoring.names import validation_scores
 
@@ -140,10 +142,10 @@ def check_predict(cfg: PredictConfig) -> None:
         "input is not set: say which image or folder to segment, e.g. unetseg predict input=data/test",
     )
     check_inference(cfg)
-    unknown = [kind for kind in cfg.save if kind not in ("mask", "probability", "overlay")]
+    unknown = [kind for kind in cfg.save if kind not in OUTPUT_KINDS]
     _require(
         bool(cfg.save) and not unknown,
-        f"save={list(cfg.save)}: choose one or more of mask, probability, overlay (e.g. save=[mask,overlay])",
+        f"save={list(cfg.save)}: choose one or more of {', '.join(OUTPUT_KINDS)} (e.g. save=[mask,overlay])",
     )
 
 
@@ -183,7 +185,7 @@ def check_export(cfg: ExportConfig) -> None:
 def _check_device(device: str, key: str) -> None:
     kind = device.split(":")[0]
     _require(
-        kind in ("auto", "cpu", "cuda", "mps"),
+        kind in DEVICE_KINDS,
         f"{key}={device}: use auto, cpu, cuda, cuda:N or mps",
     )
 

@@ -102,6 +102,9 @@ class ModelSpec:
         """Plain values only (no Enum), so that a checkpoint holding it loads with weights_only=True."""
         return {**asdict(self), "upsampling": self.upsampling.value}
 
+    def __repr__(self) -> str:  # e.g. in "a different network" errors: upsampling='bilinear', not the Enum
+        return f"ModelSpec({', '.join(f'{key}={value!r}' for key, value in self.to_dict().items())})"
+
 
 @dataclass
 class OptimConfig:

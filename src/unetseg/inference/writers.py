@@ -33,6 +33,7 @@ from unetseg.runtime.errors import UserError
 # RGB colours of classes 1, 2, ... (class 0 is black): green, magenta, yellow, cyan, orange, blue, then
 # hues spread by the golden ratio.
 _COLOURS = [(60, 200, 60), (200, 60, 200), (240, 220, 40), (40, 200, 230), (250, 140, 40), (40, 80, 220)]
+OUTPUT_KINDS = ("mask", "probability", "overlay")  # what save= may list
 _OVERLAY_ROWS = 512  # overlays are drawn this many rows at a time (float temporaries stay small)
 
 

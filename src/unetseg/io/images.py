@@ -1,5 +1,5 @@
-"""Reading and writing image files with OpenCV (TIFFs through unetseg.io.tiff, as predict reads them):
-8/16-bit, grayscale or colour, errors named by file."""
+"""Reading image files with OpenCV (TIFFs through unetseg.io.tiff, as predict reads them): 8/16-bit,
+grayscale or colour, errors named by file. Writing PNGs: unetseg.io.png."""
 
 from __future__ import annotations
 

@@ -77,9 +77,13 @@ def load_checkpoint(path: Path) -> Checkpoint:
         raise UserError(
             f"{path} has checkpoint format {raw.get('format_version')}, this unetseg reads {FORMAT_VERSION}"
         )
+    try:
+        model = ModelSpec(**raw["model"])
+    except (TypeError, ValueError) as error:
+        raise UserError(f"{path} describes a network this unetseg cannot build ({error}): retrain it") from None
     return Checkpoint(
         state_dict=raw["state_dict"],
-        model=ModelSpec(**raw["model"]),
+        model=model,
         normalization=PercentileNormalizer.from_dict(raw["normalization"]),
         class_names=list(raw["class_names"]),
         threshold=float(raw["threshold"]),
@@ -89,14 +93,20 @@ def load_checkpoint(path: Path) -> Checkpoint:
     )
 
 
-def find_checkpoint(given: str | None, runs_root: str, name: str = "best.pt", exclude: Path | None = None) -> Path:
+def find_checkpoint(
+    given: str | None,
+    runs_root: str,
+    name: str = "best.pt",
+    exclude: Path | None = None,
+    why: str = "checkpoint not given",
+) -> Path:
     """The one checkpoint finder of train's resume, predict, evaluate and export: ``given``, or else the
-    newest ``checkpoints/<name>`` under ``runs_root``. Under torchrun rank 0 chooses and every rank takes
-    its choice, so that a run finishing meanwhile cannot split the ranks."""
+    newest ``checkpoints/<name>`` under ``runs_root`` (said on the console, after ``why``). Under torchrun
+    rank 0 chooses and every rank takes its choice, so that a run finishing meanwhile cannot split them."""
     if given:
         return user_path(given)
     path = Path(str(broadcast_from_main(str(newest_checkpoint(user_path(runs_root), name, exclude)))))
-    console.print(f"checkpoint not given: using the newest {name} under {runs_root}, {path}")
+    console.print(f"{why}: using the newest {name} under {runs_root}, {path}")
     return path
 
 

@@ -7,6 +7,8 @@ import torch
 from unetseg.runtime.distributed import current_world
 from unetseg.runtime.errors import UserError
 
+DEVICE_KINDS = ("auto", "cpu", "cuda", "mps")  # device= may also name cuda:N
+
 
 def resolve_device(name: str) -> torch.device:
     """``auto`` → cuda, then mps, then cpu; an explicit device must be available. Under torchrun a CUDA

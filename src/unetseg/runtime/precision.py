@@ -16,8 +16,6 @@ import torch
 from unetseg.runtime.console import console
 from unetseg.runtime.errors import UserError
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-
 
 @lru_cache(maxsize=1)
 def cpu_bf16_feature() -> str | None:

@@ -38,8 +38,6 @@ def validation_scores(class_names: Sequence[str]) -> list[Score]:
     return [LOSS, PIXEL_ERROR, DICE, IOU, *per_class, RAND_ERROR, V_INFO]
 
 
-_LOWER_IS_BETTER = {score.key for score in (LOSS, PIXEL_ERROR, RAND_ERROR)}
-
-
 def lower_is_better(key: str) -> bool:
-    return key in _LOWER_IS_BETTER
+    """The direction of a score by its key (per-class Dice and IoU: higher is better)."""
+    return any(score.key == key and score.lower_is_better for score in (LOSS, PIXEL_ERROR, DICE, IOU, *REGION_SCORES))

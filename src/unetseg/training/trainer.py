@@ -33,8 +33,9 @@ from unetseg.runtime.console import console, progress_bars
 from unetseg.runtime.device import resolve_device
 from unetseg.runtime.distributed import all_reduce_sum, broadcast_buffers, current_world
 from unetseg.runtime.errors import UserError
+from unetseg.runtime.paths import user_path
 from unetseg.runtime.precision import choose_fast_path, maybe_compile
-from unetseg.scoring.names import PIXEL_ERROR, RAND_ERROR, dice_of, lower_is_better
+from unetseg.scoring.names import LOSS, PIXEL_ERROR, RAND_ERROR, dice_of, lower_is_better
 from unetseg.scoring.tables import metrics_table
 from unetseg.training.border_weights import border_weight_map
 from unetseg.training.loader import start_epoch, training_loader
@@ -81,6 +82,7 @@ class Trainer:
         self.best: dict[str, float] = {}
         self.last: dict[str, float] = {}
         self.stopped_early = False
+        self.resumed_from: Path | None = None  # the last.pt this run continues, if any
 
     def fit(self) -> TrainResult:
         self.on_train_start()
@@ -104,8 +106,8 @@ class Trainer:
         self.train_items, self.val_items = self.load_data()
         self.loader = training_loader(self.train_items, self.cfg, self.world, self.device, self.shuffle_generator)
         resumed = self.resume_source()
-        self.build_network(resumed)
-        self.build_optimisation()
+        self.set_up_network(resumed)
+        self.set_up_optimisation()
         if resumed is not None:
             self.restore(resumed)
         self.wrap_network()
@@ -122,7 +124,7 @@ class Trainer:
             ]
         return train, val
 
-    def build_network(self, resumed: Checkpoint | None) -> None:
+    def set_up_network(self, resumed: Checkpoint | None) -> None:
         """The network on its device (weights from ``resumed``, if any); SyncBatchNorm if asked."""
         model = build_network(self.spec)
         if resumed is not None:
@@ -137,7 +139,7 @@ class Trainer:
         self.model = self.fast.prepare_model(model)
         self.parameters = count_parameters(self.model)
 
-    def build_optimisation(self) -> None:
+    def set_up_optimisation(self) -> None:
         cfg = self.cfg
         self.optimizer = build_optimizer(self.model.parameters(), cfg.optim)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.fast.needs_grad_scaler)
@@ -174,8 +176,10 @@ class Trainer:
         t = self.cfg.trainer
         if t.resume is None:
             return None
-        given = None if t.resume == "auto" else t.resume
-        path = find_checkpoint(given, self.cfg.runs_root, "last.pt", exclude=self.run_dir)
+        if t.resume == "auto":
+            path = find_checkpoint(None, self.cfg.runs_root, "last.pt", self.run_dir, "trainer.resume=auto")
+        else:
+            path = user_path(t.resume)
         checkpoint = load_checkpoint(path)
         if checkpoint.training_state is None:
             raise UserError(f"{path} has no training state to resume from: use the run's checkpoints/last.pt")
@@ -196,7 +200,7 @@ class Trainer:
         """Load the optimiser, scaler, schedule and RNG state, and carry over the earlier run's history
         (metrics.jsonl and best.pt) so this run directory tells the whole story."""
         state = resumed.training_state
-        assert state is not None
+        assert state is not None and self.resumed_from is not None
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         self.schedule.load_state_dict(state["schedule"])
@@ -389,7 +393,7 @@ def dist_backend() -> str:
 
 
 def epoch_line(metrics: dict[str, float], class_names: list[str]) -> str:
-    parts = [f"train loss {metrics['train_loss']:.4f}", f"val loss {metrics['val_loss']:.4f}"]
+    parts = [f"train loss {metrics['train_loss']:.4f}", f"val loss {metrics[LOSS.key]:.4f}"]
     parts += [f"pixel error {metrics[PIXEL_ERROR.key]:.4f}"]
     parts += [f"Dice {name} {metrics[dice_of(name).key]:.4f}" for name in class_names]
     parts += [f"Rand error {metrics[RAND_ERROR.key]:.4f}"]
