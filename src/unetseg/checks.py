@@ -30,7 +30,6 @@ def _require(ok: bool, message: str) -> None:
 
 
 def check_train(cfg: TrainConfig) -> None:
-    """Range checks that a type cannot express; each message names the key and the fix."""
     m, o, d, t = cfg.model, cfg.optim, cfg.data, cfg.trainer
     _require(m.in_channels in (1, 3), f"model.in_channels={m.in_channels}: use 1 (grayscale) or 3 (colour)")
     _require(m.num_classes >= 1, f"model.num_classes={m.num_classes}: must be at least 1 (1 = binary)")

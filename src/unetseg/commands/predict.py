@@ -4,6 +4,7 @@ names, never written into the input folders (the pipeline: unetseg.inference.pip
 from __future__ import annotations
 
 import logging
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -47,13 +48,7 @@ def predict(cfg: PredictConfig, run_dir: Path) -> dict[str, Any]:
     summary = predict_sources(sources, predictor, plan, output)
     log.info("%s (checkpoint %s)", summary.line(), checkpoint_path)
     console.print(summary.line())
-    return {
-        "images": summary.images,
-        "files": summary.files,
-        "megapixels": summary.megapixels,
-        "seconds": summary.seconds,
-        "output": str(output),
-    }
+    return {**asdict(summary), "output": str(summary.output)}
 
 
 def main(argv: list[str]) -> None:
