@@ -1,5 +1,5 @@
 """The layout holds: each folder of src/unetseg is one stage of the pipeline, and imports run only downwards
-(commands → training/inference → scoring/model → data → io → config → runtime)."""
+(commands → sweep → reporting → training/inference → tracking → scoring/model → data → io → config → runtime)."""
 
 from __future__ import annotations
 
@@ -19,14 +19,16 @@ RANKS = {
     "data": 3,
     "scoring": 4,
     "model": 4,
-    "training": 5,
-    "inference": 5,
-    "checks": 6,
-    "sweep": 6,
-    "runner": 7,
-    "commands": 8,
-    "cli": 9,
-    "__main__": 10,
+    "tracking": 5,
+    "training": 6,
+    "inference": 6,
+    "checks": 7,
+    "reporting": 7,
+    "sweep": 8,
+    "runner": 9,
+    "commands": 10,
+    "cli": 11,
+    "__main__": 12,
 }
 LOWER_FOLDERS = ("io", "data", "scoring", "model", "runtime")
 UPPER_FOLDERS = ("training", "inference", "commands")

@@ -18,8 +18,8 @@ from unetseg.data.synthetic import synthetic_pair
 from unetseg.inference.predictor import Segmentation
 from unetseg.inference.read_ahead import read_ahead
 from unetseg.inference.sources import find_inputs, open_source, read_pages
-from unetseg.inference.writers import class_colours, overlay
-from unetseg.io.png import encode_png
+from unetseg.inference.writers import overlay
+from unetseg.io.png import class_colours, encode_png
 from unetseg.model.checkpoint import save_checkpoint
 from unetseg.runtime.errors import UserError
 

@@ -22,6 +22,7 @@ from unetseg.inference.writers import OUTPUT_KINDS
 from unetseg.runtime.device import DEVICE_KINDS
 from unetseg.runtime.errors import UserError
 from unetseg.scoring.names import validation_scores
+from unetseg.tracking.loggers import check_logger_packages
 
 
 def _require(ok: bool, message: str) -> None:
@@ -112,6 +113,12 @@ def _check_training_recipe(cfg: TrainConfig) -> None:
         f"trainer.monitor={t.monitor}: not a validation score; use one of {', '.join(scores)}",
     )
     _require(0 <= t.monitor_ema < 1, f"trainer.monitor_ema={t.monitor_ema}: must be in [0, 1) (0 = no smoothing)")
+    _require(t.log_every_n_steps >= 1, f"trainer.log_every_n_steps={t.log_every_n_steps}: must be at least 1")
+    _require(t.report_images >= 0, f"trainer.report_images={t.report_images}: must be 0 or more")
+    _require(
+        len(set(t.loggers)) == len(t.loggers), f"trainer.loggers={[n.value for n in t.loggers]}: name each logger once"
+    )
+    check_logger_packages([name.value for name in t.loggers])
     _require(
         t.early_stopping is None or t.early_stopping >= 1,
         f"trainer.early_stopping={t.early_stopping}: a number of epochs >= 1, or null to never stop early",

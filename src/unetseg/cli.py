@@ -16,6 +16,7 @@ COMMANDS = {
     "evaluate": "score a checkpoint on labelled images: pixel error, Dice, IoU, Rand error, V_info",
     "synthesize": "write the built-in synthetic EM-like data as image/ and label/ folders",
     "export": "write a checkpoint as an ONNX or TorchScript model (unetseg export --help)",
+    "report": "write report.html for a training run or a sweep: curves, figures, validation gallery",
 }
 
 USAGE = (
@@ -34,6 +35,7 @@ Examples:
   unetseg predict input=data/test
   unetseg evaluate checkpoint=outputs/train/RUN/checkpoints/best.pt data=isbi data.root=path/to/train
   unetseg export format=onnx
+  unetseg report outputs/train/RUN
 
 Shell completion (bash): eval "$(unetseg -sc install=bash)"
 """

@@ -72,6 +72,11 @@ class OverlayStyle(str, Enum):
     outline = "outline"
 
 
+class LoggerName(str, Enum):
+    tensorboard = "tensorboard"
+    mlflow = "mlflow"
+
+
 class DataSource(str, Enum):
     folder = "folder"
     synthetic = "synthetic"
@@ -192,6 +197,11 @@ class TrainerConfig:
     channels_last: bool = MISSING
     compile: bool = MISSING
     sync_batchnorm: bool = MISSING
+    loggers: list[LoggerName] = MISSING
+    log_every_n_steps: int = MISSING
+    mlflow_tracking_uri: str | None = MISSING
+    mlflow_experiment: str = MISSING
+    report_images: int = MISSING
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""`unetseg train`: compose the config, train, and leave checkpoints and metrics in the run directory."""
+"""`unetseg train`: compose the config, train, and leave checkpoints, metrics, curves and a report in the
+run directory (and in the loggers that trainer.loggers names)."""
 
 from __future__ import annotations
 
@@ -13,10 +14,25 @@ from omegaconf import OmegaConf
 
 from unetseg.config import TrainConfig
 from unetseg.io.atomic import write_text_atomic
+from unetseg.reporting.run_report import write_run_report
 from unetseg.runner import run_command
 from unetseg.runtime.console import config_tree, console
 from unetseg.runtime.distributed import current_world, gather_objects
+from unetseg.runtime.paths import user_path
+from unetseg.tracking.loggers import Loggers, flatten, open_loggers
 from unetseg.training.trainer import Trainer
+
+
+def start_loggers(cfg: TrainConfig, run_dir: Path, tree: dict[str, Any]) -> Loggers:
+    """The loggers trainer.loggers names, on the main process only, with the composed config as parameters."""
+    t = cfg.trainer
+    if not t.loggers or not current_world().is_main:
+        return Loggers()
+    tags = {"unetseg.run_dir": str(run_dir.resolve())}
+    names = [name.value for name in t.loggers]
+    loggers = open_loggers(names, run_dir, user_path(cfg.runs_root), t.mlflow_tracking_uri, t.mlflow_experiment, tags)
+    loggers.log_params(flatten(tree))
+    return loggers
 
 
 def train(cfg: TrainConfig, run_dir: Path) -> dict[str, Any]:
@@ -24,7 +40,12 @@ def train(cfg: TrainConfig, run_dir: Path) -> dict[str, Any]:
     tree = OmegaConf.to_container(OmegaConf.structured(cfg), enum_to_str=True)
     console.print(config_tree(tree, title="unetseg train"))  # type: ignore[arg-type]
     console.print(f"run directory: {run_dir}")
-    result = Trainer(cfg, run_dir).fit()
+    loggers = start_loggers(cfg, run_dir, tree)  # type: ignore[arg-type]
+    try:
+        result = Trainer(cfg, run_dir, loggers).fit()
+    except BaseException as error:  # Ctrl-C, a crash: the logged run says so
+        loggers.close("KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
+        raise
     world = current_world()
     if world.distributed:
         ranks_best = gather_objects(result.best)  # the all-reduced metrics must agree on every rank
@@ -42,6 +63,8 @@ def train(cfg: TrainConfig, run_dir: Path) -> dict[str, Any]:
         "monitor": cfg.trainer.monitor,
         "parameters": result.parameters,
         "wall_time_s": result.wall_time_s,
+        "precision": result.precision,
+        "data": result.data,
         "checkpoint_best": str(result.best_checkpoint),
         "checkpoint_last": str(result.last_checkpoint),
     }
@@ -55,12 +78,22 @@ def train(cfg: TrainConfig, run_dir: Path) -> dict[str, Any]:
         summary["world_size"] = world.size
         summary["best_per_rank"] = ranks_best
     write_text_atomic(run_dir / "metrics.json", json.dumps(summary, indent=2))
+    report = run_dir / "report.html"
+    try:
+        write_run_report(run_dir, cfg.trainer.report_images, cfg.trainer.device)
+    except Exception as error:  # the trained model matters more than its report
+        console.print(
+            f"[yellow]warning:[/] no report ({type(error).__name__}: {error}); retry: unetseg report {run_dir}"
+        )
+    loggers.log_files([result.best_checkpoint, report, run_dir / "curves.png"])
+    loggers.close("FINISHED")
     console.print(
         f"best checkpoint: {result.best_checkpoint} (epoch {result.best_epoch}, "
         f"{cfg.trainer.monitor} {result.best[cfg.trainer.monitor]:.4f})"
     )
     console.print(f"last checkpoint: {result.last_checkpoint}")
     console.print(f"metrics: {run_dir / 'metrics.jsonl'} (per epoch), {run_dir / 'metrics.json'} (summary)")
+    console.print(f"curves: {run_dir / 'curves.png'} · report: {report}")
     return summary
 
 

@@ -16,7 +16,6 @@ Every file appears atomically; a stack's files appear once their last page is wr
 
 from __future__ import annotations
 
-import colorsys
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -26,27 +25,12 @@ import cv2
 import numpy as np
 
 from unetseg.inference.predictor import Segmentation
-from unetseg.io.png import write_png_atomic
+from unetseg.io.png import class_colours, write_png_atomic
 from unetseg.io.tiff import tiff_writer
 from unetseg.runtime.errors import UserError
 
-# RGB colours of classes 1, 2, ... (class 0 is black): green, magenta, yellow, cyan, orange, blue, then
-# hues spread by the golden ratio.
-_COLOURS = [(60, 200, 60), (200, 60, 200), (240, 220, 40), (40, 200, 230), (250, 140, 40), (40, 80, 220)]
 OUTPUT_KINDS = ("mask", "probability", "overlay")  # what save= may list
 _OVERLAY_ROWS = 512  # overlays are drawn this many rows at a time (float temporaries stay small)
-
-
-def class_colours(count: int) -> np.ndarray:
-    """(count, 3) uint8 RGB: black for class 0, then a distinct colour per class."""
-    colours = [(0, 0, 0)]
-    for index in range(1, count):
-        if index <= len(_COLOURS):
-            colours.append(_COLOURS[index - 1])
-        else:
-            hue = (index * 0.6180339887) % 1.0
-            colours.append(tuple(round(255 * c) for c in colorsys.hsv_to_rgb(hue, 0.75, 0.95)))
-    return np.array(colours, np.uint8)
 
 
 @dataclass(frozen=True)

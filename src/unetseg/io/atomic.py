@@ -47,6 +47,11 @@ def write_text_atomic(path: Path, text: str) -> None:
         handle.write(text.encode("utf-8"))
 
 
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    with atomic_open(path) as handle:
+        handle.write(data)
+
+
 def copy_atomic(source: Path, target: Path) -> None:
     with atomic_open(target) as handle, source.open("rb") as reader:
         shutil.copyfileobj(reader, handle)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import colorsys
 import struct
 import zlib
 from pathlib import Path
@@ -10,6 +11,22 @@ import cv2
 import numpy as np
 
 from unetseg.io.atomic import atomic_open
+
+# RGB colours of classes 1, 2, ... (class 0 is black): green, magenta, yellow, cyan, orange, blue, then
+# hues spread by the golden ratio.
+_COLOURS = [(60, 200, 60), (200, 60, 200), (240, 220, 40), (40, 200, 230), (250, 140, 40), (40, 80, 220)]
+
+
+def class_colours(count: int) -> np.ndarray:
+    """(count, 3) uint8 RGB: black for class 0, then a distinct colour per class."""
+    colours = [(0, 0, 0)]
+    for index in range(1, count):
+        if index <= len(_COLOURS):
+            colours.append(_COLOURS[index - 1])
+        else:
+            hue = (index * 0.6180339887) % 1.0
+            colours.append(tuple(round(255 * c) for c in colorsys.hsv_to_rgb(hue, 0.75, 0.95)))
+    return np.array(colours, np.uint8)
 
 
 def encode_png(image: np.ndarray, palette: np.ndarray | None = None) -> bytes:

@@ -3,8 +3,9 @@
 :meth:`Trainer.fit` calls :meth:`~Trainer.on_train_start`, then for each epoch
 :meth:`~Trainer.on_epoch_start`, :meth:`~Trainer.train_epoch` (one :meth:`~Trainer.train_step` per batch),
 :meth:`~Trainer.validation_epoch` and :meth:`~Trainer.on_epoch_end`, and finally :meth:`~Trainer.on_train_end`.
-Checkpoints (:meth:`~Trainer.save_checkpoints`), the metrics file (:meth:`~Trainer.append_metrics`) and early
-stopping (:meth:`~Trainer.should_stop_early`) each live in one step of their own, so a variant changes one step.
+Checkpoints (:meth:`~Trainer.save_checkpoints`), the metrics file (:meth:`~Trainer.append_metrics`), the
+curves and loggers (:meth:`~Trainer.log_epoch`) and early stopping (:meth:`~Trainer.should_stop_early`) each
+live in one step of their own, so a variant changes one step.
 """
 
 from __future__ import annotations
@@ -37,13 +38,16 @@ from unetseg.runtime.paths import user_path
 from unetseg.runtime.precision import choose_fast_path, maybe_compile
 from unetseg.scoring.names import LOSS, PIXEL_ERROR, RAND_ERROR, dice_of, lower_is_better
 from unetseg.scoring.tables import metrics_table
+from unetseg.tracking.curves import CurvesFile
+from unetseg.tracking.loggers import Loggers
+from unetseg.tracking.pictures import classes_rgb, error_rgb, input_rgb, positive_class
 from unetseg.training.border_weights import border_weight_map
 from unetseg.training.loader import start_epoch, training_loader
 from unetseg.training.losses import WEIGHTED, compute_loss
 from unetseg.training.monitor import Monitor
 from unetseg.training.optimizers import build_optimizer
 from unetseg.training.schedules import build_schedule
-from unetseg.training.validation import validate
+from unetseg.training.validation import Preview, validate
 
 log = logging.getLogger(__name__)
 
@@ -59,12 +63,17 @@ class TrainResult:
     wall_time_s: float
     best_checkpoint: Path
     last_checkpoint: Path
+    data: dict[str, Any]  # image counts and sizes, for the report
+    precision: str
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, run_dir: Path) -> None:
+    PREVIEWS = 3  # validation images a logger that takes pictures gets at each new best
+
+    def __init__(self, cfg: TrainConfig, run_dir: Path, loggers: Loggers | None = None) -> None:
         self.cfg = cfg
         self.run_dir = run_dir
+        self.loggers = loggers or Loggers()  # the main process's; empty on the others
         self.checkpoint_dir = run_dir / "checkpoints"
         self.metrics_path = run_dir / "metrics.jsonl"
         self.world = current_world()
@@ -83,6 +92,8 @@ class Trainer:
         self.last: dict[str, float] = {}
         self.stopped_early = False
         self.resumed_from: Path | None = None  # the last.pt this run continues, if any
+        self.previews: list[Preview] = []
+        self.curves = CurvesFile(run_dir, self.class_names, cfg.trainer.monitor)
 
     def fit(self) -> TrainResult:
         self.on_train_start()
@@ -230,8 +241,13 @@ class Trainer:
         """One pass over the loader; the mean training loss over every rank's steps."""
         self.network.train()
         loss_sum = torch.zeros((), device=self.device)
+        every = self.cfg.trainer.log_every_n_steps
         for step, (images, labels, weights) in enumerate(self.loader, start=1):
-            loss_sum += self.train_step(images, labels, weights)
+            loss = self.train_step(images, labels, weights)
+            loss_sum += loss
+            global_step = (self.epoch - 1) * len(self.loader) + step
+            if self.loggers.active and global_step % every == 0:  # .item() waits for the device: only then
+                self.loggers.log_step(global_step, {"train_step_loss": loss.item()})
             # Reading the loss synchronises with the device: only every 10 steps, for the progress bar.
             status = f"loss {loss_sum.item() / step:.4f}" if step % 10 == 0 or step == len(self.loader) else None
             self.bars.batch_done(status)
@@ -259,11 +275,12 @@ class Trainer:
         # rank 0's, on every rank.
         broadcast_buffers(self.model)
         t = self.cfg.trainer
-        return {
-            "train_loss": train_loss,
-            "lr": self.optimizer.param_groups[0]["lr"],
-            **validate(self.evaluated, self.val_items, t.loss, t.threshold, self.class_names, self.fast),
-        }
+        previews = self.PREVIEWS if self.loggers.takes_pictures else 0
+        validation = validate(
+            self.evaluated, self.val_items, t.loss, t.threshold, self.class_names, self.fast, previews
+        )
+        self.previews = validation.previews
+        return {"train_loss": train_loss, "lr": self.optimizer.param_groups[0]["lr"], **validation.scores}
 
     def on_epoch_end(self, metrics: dict[str, float]) -> None:
         """Pick the best epoch, step a plateau schedule, save, record and report."""
@@ -274,7 +291,8 @@ class Trainer:
             self.best = metrics
         if self.world.is_main:
             self.save_checkpoints(improved)
-            self.append_metrics(improved)
+            record = self.append_metrics(improved)
+            self.log_epoch(record, improved)
         self.report_epoch(improved)
 
     def save_checkpoints(self, improved: bool) -> None:
@@ -283,8 +301,8 @@ class Trainer:
             save_checkpoint(self.checkpoint(), self.checkpoint_dir / "best.pt")
         save_checkpoint(self.checkpoint(self.training_state()), self.checkpoint_dir / "last.pt")
 
-    def append_metrics(self, improved: bool) -> None:
-        """One line of metrics.jsonl per epoch."""
+    def append_metrics(self, improved: bool) -> dict[str, Any]:
+        """One line of metrics.jsonl per epoch; returns it."""
         record = {
             "epoch": self.epoch,
             **{k: round(v, 6) for k, v in self.last.items()},
@@ -293,6 +311,25 @@ class Trainer:
         }
         with self.metrics_path.open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
+        return record
+
+    def log_epoch(self, record: dict[str, Any], improved: bool) -> None:
+        """curves.png (within its time budget) and the loggers: the epoch's scalars, and at a new best a few
+        validation images with their label, prediction and errors."""
+        self.curves.update(time.perf_counter() - self.started)
+        self.loggers.log_epoch(self.epoch, {k: v for k, v in record.items() if k not in ("epoch", "best")})
+        if improved and self.previews:
+            positive = positive_class(self.class_names, self.monitor.key)
+            pictures = {}
+            for preview in self.previews:
+                rows = [
+                    input_rgb(preview.image),
+                    classes_rgb(preview.label, len(self.class_names)),
+                    classes_rgb(preview.predicted, len(self.class_names)),
+                    error_rgb(preview.image, preview.label, preview.predicted, positive),
+                ]
+                pictures[f"{preview.name} (input | label | prediction | errors)"] = np.concatenate(rows, axis=1)
+            self.loggers.log_pictures(self.epoch, pictures)
 
     def report_epoch(self, improved: bool) -> None:
         monitor, epochs = self.monitor, self.cfg.trainer.epochs
@@ -319,6 +356,8 @@ class Trainer:
     # ---- the end -----------------------------------------------------------------------------------------
 
     def on_train_end(self) -> TrainResult:
+        if self.world.is_main:
+            self.curves.update(time.perf_counter() - self.started, final=True)
         best_epoch = self.monitor.best_epoch
         rows = [(f"best (epoch {best_epoch})", self.best), (f"last (epoch {self.epoch})", self.last)]
         console.print(metrics_table("validation scores", rows, self.class_names))
@@ -332,9 +371,20 @@ class Trainer:
             wall_time_s=time.perf_counter() - self.started,
             best_checkpoint=self.checkpoint_dir / "best.pt",
             last_checkpoint=self.checkpoint_dir / "last.pt",
+            data=self.data_facts(),
+            precision=self.fast.describe(),
         )
 
     # ---- helpers -----------------------------------------------------------------------------------------
+
+    def data_facts(self) -> dict[str, Any]:
+        sizes = {f"{image.shape[2]}×{image.shape[1]}" for image in [*self.train_items.images, *self.val_items.images]}
+        return {
+            "train_images": len(self.train_items),
+            "val_images": len(self.val_items),
+            "image_sizes": sorted(sizes),
+            "val_names": list(self.val_items.names),
+        }
 
     def checkpoint(self, training_state: dict[str, Any] | None = None) -> Checkpoint:
         return Checkpoint(

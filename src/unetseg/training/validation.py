@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import numpy as np
 import torch
 
@@ -15,6 +17,22 @@ from unetseg.scoring.names import LOSS
 from unetseg.training.losses import compute_loss
 
 
+@dataclass
+class Preview:
+    """One validation image with its label and the prediction (for TensorBoard's pictures)."""
+
+    name: str
+    image: np.ndarray  # (C, H, W) float, normalised
+    label: np.ndarray  # (H, W) class ids
+    predicted: np.ndarray  # (H, W) class ids
+
+
+@dataclass
+class Validation:
+    scores: dict[str, float]
+    previews: list[Preview] = field(default_factory=list)  # this rank's first ``previews`` images
+
+
 def validate(
     network: torch.nn.Module,
     items: LabelledImages,
@@ -22,13 +40,16 @@ def validate(
     threshold: float,
     class_names: list[str],
     fast: FastPath,
-) -> dict[str, float]:
+    previews: int = 0,
+) -> Validation:
     """Validation loss and every score of unetseg evaluate, over whole images (one at a time, so any
-    size works). The weighted losses are reported unweighted: validation images carry no weight map."""
+    size works). The weighted losses are reported unweighted: validation images carry no weight map.
+    ``previews``: keep that many images with their predictions."""
     network.eval()
     world = current_world()
     board = ScoreBoard(class_names)
     total_loss = torch.zeros((), device=fast.device)
+    kept: list[Preview] = []
     with torch.inference_mode():  # under torchrun each rank takes every world.size-th image
         for name, image, label in list(zip(items.names, items.images, items.labels, strict=True))[
             world.rank :: world.size
@@ -38,7 +59,10 @@ def validate(
             with fast.autocast():
                 logits = network(x)
             total_loss += compute_loss(loss_name, logits, y)
-            board.add(name, predict_classes(logits, threshold)[0].to(torch.uint8).cpu().numpy(), label)
+            predicted = predict_classes(logits, threshold)[0].to(torch.uint8).cpu().numpy()
+            board.add(name, predicted, label)
+            if len(kept) < previews:
+                kept.append(Preview(name, image, label, predicted))
     board.reduce_across_ranks(fast.device)  # every rank gets the same scores
     all_reduce_sum(total_loss)
-    return {LOSS.key: (total_loss / len(items)).item(), **board.summary()}
+    return Validation({LOSS.key: (total_loss / len(items)).item(), **board.summary()}, kept)

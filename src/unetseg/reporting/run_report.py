@@ -1,0 +1,120 @@
+"""``report.html`` of a training run: the run at a glance, its curves, its best and last validation
+figures, and the validation gallery at the best checkpoint."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from pathlib import Path
+
+from unetseg import __version__
+from unetseg.io.atomic import write_text_atomic
+from unetseg.reporting.gallery import Gallery, build_gallery
+from unetseg.reporting.pages import duration, number, png_uri, render
+from unetseg.reporting.run_dir import TrainingRun, load_run
+from unetseg.runtime.errors import UserError
+from unetseg.scoring.names import PIXEL_ERROR, RAND_ERROR, dice_of, validation_scores
+from unetseg.tracking.curves import run_curves
+from unetseg.tracking.history import best_epoch
+
+log = logging.getLogger(__name__)
+
+
+def _glance(run: TrainingRun) -> list[tuple[str, str]]:
+    s, summary = run.setting, run.summary
+    data = summary.get("data", {})
+    source = s("data.source", "?")
+    where = s("data.root") if source == "folder" else f"synthetic ({s('data.synthetic.num_images')} images)"
+    if data:
+        counts = f"{data['train_images']} training, {data['val_images']} validation images"
+        counts += f" · sizes {', '.join(data['image_sizes'])}"
+    else:
+        counts = "counts not recorded (a run from an earlier unetseg)"
+    split = f"data.val_root={s('data.val_root')}" if s("data.val_root") else f"last {s('data.val_fraction')} held out"
+    patch = s("data.patch_size")
+    crops = f", {patch}×{patch} crops" if patch else ", whole images"
+    if s("data.samples_per_epoch"):
+        crops += f", {s('data.samples_per_epoch')} samples per epoch"
+    parameters = summary.get("parameters")
+    ema = s("trainer.monitor_ema", 0) or 0
+    trained = len(run.history)
+    epochs = f"{trained} of {s('trainer.epochs', '?')}" + (" (stopped early)" if summary.get("stopped_early") else "")
+    best = best_epoch(run.history)
+    monitor = s("trainer.monitor", "?")
+    best_value = next((r.get(monitor) for r in run.history if r["epoch"] == best), None)
+    return [
+        ("Data", f"{where} · {counts} · split: {split}"),
+        (
+            "Model",
+            f"U-Net {s('model.upsampling', '?')}, width {s('model.base_channels', '?')}, depth {s('model.depth', '?')}"
+            + (f", {number(parameters)} parameters" if parameters else ""),
+        ),
+        (
+            "Recipe",
+            f"{s('optim.name', '?')} lr {s('optim.lr', '?')}, {s('schedule.name', '?')} schedule, "
+            f"{s('trainer.loss', '?')} loss, batch {s('trainer.batch_size', '?')}{crops}, "
+            f"threshold {s('trainer.threshold', '?')}",
+        ),
+        ("Precision", summary.get("precision", "not recorded")),
+        ("Epochs", epochs),
+        ("Best epoch", f"{best} by {monitor}" + (f" (EMA {ema})" if ema else "") + f": {number(best_value)}"),
+        ("Wall time", duration(summary.get("wall_time_s"))),
+        ("Run folder", str(run.path.resolve())),
+    ]
+
+
+def _status(run: TrainingRun) -> str:
+    status = run.summary.get("status")
+    if status == "completed":
+        return "completed"
+    if status == "failed":
+        return f"failed: {run.summary.get('error', '')}"
+    return "not finished (no metrics.json): stopped, or still training"
+
+
+def write_run_report(run_dir: Path, gallery_limit: int = 50, device: str = "auto") -> Path:
+    """Write ``run_dir/report.html`` and return its path."""
+    run = load_run(run_dir)
+    class_names = [str(n) for n in run.setting("data.class_names", ["background", "foreground"])]
+    monitor = str(run.setting("trainer.monitor", "dice"))
+    curves_file = run.path / "curves.png"
+    curves = (
+        curves_file.read_bytes()
+        if curves_file.is_file()
+        else run_curves(run.history, class_names, monitor, f"{run.path.parent.name}/{run.path.name}")
+    )
+    best = best_epoch(run.history)
+    rows = [("best", r) for r in run.history if r["epoch"] == best] + [("last", run.history[-1])]
+    figures = [{"kind": kind, "label": f"{kind} ({r['epoch']})", "epoch": r["epoch"], "scores": r} for kind, r in rows]
+
+    gallery: Gallery | None = None
+    gallery_note = ""
+    if not run.best_checkpoint.is_file():
+        gallery_note = f"{run.best_checkpoint} is missing (the gallery is drawn with the best checkpoint)"
+    else:
+        try:
+            gallery = build_gallery(run, gallery_limit, device)
+        except (UserError, OSError) as error:
+            gallery_note = str(error)
+    if gallery_note:
+        log.warning("report without gallery: %s", gallery_note)
+
+    html = render(
+        "run.html.j2",
+        version=__version__,
+        written=f"{datetime.now():%Y-%m-%d %H:%M}",
+        run_name=f"{run.path.parent.name}/{run.path.name}",
+        status=_status(run),
+        overrides=run.overrides,
+        glance=_glance(run),
+        curves=png_uri(curves),
+        curves_note="",
+        scores=validation_scores(class_names),
+        figures=figures,
+        gallery=gallery,
+        gallery_note=gallery_note,
+        entry_scores=[PIXEL_ERROR, *(dice_of(n) for n in class_names), RAND_ERROR],
+    )
+    target = run.path / "report.html"
+    write_text_atomic(target, html)
+    return target

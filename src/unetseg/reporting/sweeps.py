@@ -1,0 +1,137 @@
+"""What a sweep (`unetseg train -m ...`) produced, read from each job's files: one row per job for
+summary.csv and the console table, the sweep chart (sweep.png) and the sweep's report.html."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from unetseg import __version__
+from unetseg.io.atomic import write_bytes_atomic, write_text_atomic
+from unetseg.reporting.pages import png_uri, render
+from unetseg.runtime.errors import UserError
+from unetseg.scoring.names import DICE, IOU, lower_is_better
+from unetseg.tracking.curves import SweepJob, sweep_curves
+from unetseg.tracking.history import read_history
+
+COLUMNS = [
+    "job",
+    "overrides",
+    "status",
+    "best_dice",
+    "best_iou",
+    "best_epoch",
+    "epochs",
+    "parameters",
+    "wall_time_s",
+    "error",
+    "run_dir",
+]
+
+
+def job_dirs(sweep_dir: Path) -> list[Path]:
+    """The job folders (0, 1, ...) of a sweep, in job order."""
+    return sorted((p for p in sweep_dir.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
+
+
+def job_row(job_dir: Path) -> dict[str, Any]:
+    """One job as a row: its overrides, status and best figures (failed and unfinished jobs say so)."""
+    overrides_file = job_dir / ".hydra" / "overrides.yaml"
+    overrides = OmegaConf.to_container(OmegaConf.load(overrides_file)) if overrides_file.is_file() else []
+    row: dict[str, Any] = {
+        "job": job_dir.name,
+        "overrides": " ".join(map(str, overrides or [])),
+        "run_dir": str(job_dir),
+    }
+    metrics_file = job_dir / "metrics.json"
+    if not metrics_file.is_file():
+        return {**row, "status": "missing", "error": "no metrics.json: the job did not finish"}
+    summary = json.loads(metrics_file.read_text(encoding="utf-8"))
+    row["status"] = summary.get("status", "unknown")
+    row["error"] = summary.get("error", "")
+    if row["status"] == "completed":
+        row.update(
+            best_dice=round(summary["best"][DICE.key], 4),
+            best_iou=round(summary["best"][IOU.key], 4),
+            best_epoch=summary["best_epoch"],
+            epochs=summary["epochs"],
+            parameters=summary["parameters"],
+            wall_time_s=round(summary["wall_time_s"], 2),
+        )
+        monitor = summary.get("monitor", DICE.key)
+        value = summary["best"].get(monitor)
+        row["monitor"], row["best_monitored"] = monitor, value if isinstance(value, (int, float)) else None
+    return row
+
+
+def summarize(sweep_dir: Path) -> list[dict[str, Any]]:
+    """Rows for every job folder under ``sweep_dir``; writes summary.csv there."""
+    rows = [job_row(job_dir) for job_dir in job_dirs(sweep_dir)]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, restval="", extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(sweep_dir / "summary.csv", buffer.getvalue())
+    return rows
+
+
+def sweep_monitor(rows: list[dict[str, Any]]) -> str:
+    return next((row["monitor"] for row in rows if row.get("monitor")), DICE.key)
+
+
+def best_job(rows: list[dict[str, Any]]) -> str | None:
+    """The completed job with the best monitored score."""
+    scored = [r for r in rows if isinstance(r.get("best_monitored"), float) and math.isfinite(r["best_monitored"])]
+    if not scored:
+        return None
+    pick = min if lower_is_better(sweep_monitor(rows)) else max
+    return pick(scored, key=lambda r: r["best_monitored"])["job"]
+
+
+def write_sweep_chart(sweep_dir: Path, rows: list[dict[str, Any]]) -> bytes:
+    """sweep.png beside summary.csv: every job's monitored score per epoch, and its best as a bar."""
+    jobs = []
+    for row in rows:
+        try:
+            history = read_history(Path(row["run_dir"]) / "metrics.jsonl")
+        except UserError:
+            history = []
+        label = f"{row['job']}: {row['overrides'] or '(no overrides)'}"
+        jobs.append(SweepJob(label, history, row.get("best_monitored")))
+    png = sweep_curves(jobs, sweep_monitor(rows))
+    write_bytes_atomic(sweep_dir / "sweep.png", png)
+    return png
+
+
+def write_sweep_report(sweep_dir: Path) -> tuple[Path, list[dict[str, Any]]]:
+    """summary.csv, sweep.png and report.html of a sweep folder; returns the report's path and the rows."""
+    if not sweep_dir.is_dir() or not job_dirs(sweep_dir):
+        raise UserError(f"{sweep_dir} has no job folders (0/, 1/, ...): give a sweep folder (outputs/sweep/<sweep>)")
+    rows = summarize(sweep_dir)
+    png = write_sweep_chart(sweep_dir, rows)
+    best = best_job(rows)
+    for row in rows:
+        report = Path(row["run_dir"]) / "report.html"
+        row["report"] = f"{row['job']}/report.html" if report.is_file() else None
+        row["kind"] = "best" if row["job"] == best else ("" if row["status"] == "completed" else "failed")
+    html = render(
+        "sweep.html.j2",
+        version=__version__,
+        written=f"{datetime.now():%Y-%m-%d %H:%M}",
+        sweep_name=f"{sweep_dir.parent.name}/{sweep_dir.name}",
+        sweep_dir=str(sweep_dir.resolve()),
+        rows=rows,
+        monitor=sweep_monitor(rows),
+        best=best,
+        chart=png_uri(png),
+    )
+    target = sweep_dir / "report.html"
+    write_text_atomic(target, html)
+    return target, rows
