@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from conftest import ISBI_TRAIN, TINY, assert_one_line_error, run_cli, write_dataset
+from unetseg.tracking.curves import SWEEP_SIZE
 
 pytestmark = pytest.mark.slow  # end-to-end: the real CLI in a subprocess (make test-fast skips them)
 
@@ -162,6 +163,14 @@ def test_sweep_ends_with_a_summary(tmp_path: Path, dataset: Path) -> None:
     assert int(rows[1]["parameters"]) > int(rows[0]["parameters"])
     for row in rows:
         assert 0 <= float(row["best_dice"]) <= 1 and float(row["wall_time_s"]) >= 0 and row["epochs"] == "1"
+    # The sweep's chart and report: one row per job, the best job marked, each job's own report linked.
+    chart = cv2.imread(str(sweep_dir / "sweep.png"))
+    assert chart is not None and chart.shape[:2] == (SWEEP_SIZE[1], SWEEP_SIZE[0])
+    html = (sweep_dir / "report.html").read_text()
+    assert html.count('<tr class="best"') == 1 and html.count("data-job=") == 2
+    assert 'href="0/report.html"' in html and 'href="1/report.html"' in html
+    again = run_cli("report", str(sweep_dir), cwd=tmp_path)
+    assert again.returncode == 0 and "sweep report (2 jobs)" in again.stdout, again.stderr
 
 
 def test_a_failing_sweep_job_does_not_stop_the_others(tmp_path: Path, dataset: Path) -> None:

@@ -41,7 +41,9 @@ def report(folder: Path, images: int, device: str) -> Path:
         path, rows = write_sweep_report(folder)
         console.print(f"sweep report ({len(rows)} jobs): {path}")
         return path
-    path = write_run_report(folder, images, device)
+    path, gallery_note = write_run_report(folder, images, device)
+    if gallery_note:
+        console.print(f"[yellow]report without the gallery:[/] {gallery_note}")
     console.print(f"report: {path}")
     return path
 

@@ -80,7 +80,9 @@ def train(cfg: TrainConfig, run_dir: Path) -> dict[str, Any]:
     write_text_atomic(run_dir / "metrics.json", json.dumps(summary, indent=2))
     report = run_dir / "report.html"
     try:
-        write_run_report(run_dir, cfg.trainer.report_images, cfg.trainer.device)
+        _, gallery_note = write_run_report(run_dir, cfg.trainer.report_images, cfg.trainer.device)
+        if gallery_note:
+            console.print(f"[yellow]warning:[/] the report has no gallery: {gallery_note}")
     except Exception as error:  # the trained model matters more than its report
         console.print(
             f"[yellow]warning:[/] no report ({type(error).__name__}: {error}); retry: unetseg report {run_dir}"

@@ -72,8 +72,8 @@ def _status(run: TrainingRun) -> str:
     return "not finished (no metrics.json): stopped, or still training"
 
 
-def write_run_report(run_dir: Path, gallery_limit: int = 50, device: str = "auto") -> Path:
-    """Write ``run_dir/report.html`` and return its path."""
+def write_run_report(run_dir: Path, gallery_limit: int = 50, device: str = "auto") -> tuple[Path, str]:
+    """Write ``run_dir/report.html``; return its path and why it has no gallery ("" when it has one)."""
     run = load_run(run_dir)
     class_names = [str(n) for n in run.setting("data.class_names", ["background", "foreground"])]
     monitor = str(run.setting("trainer.monitor", "dice"))
@@ -117,4 +117,4 @@ def write_run_report(run_dir: Path, gallery_limit: int = 50, device: str = "auto
     )
     target = run.path / "report.html"
     write_text_atomic(target, html)
-    return target
+    return target, gallery_note

@@ -197,7 +197,9 @@ class Loggers:
 
 
 def drop(name: str, error: BaseException) -> None:
-    message = f"{name} logging failed ({type(error).__name__}: {error}); training goes on without it"
+    reason = " ".join(str(error).split())
+    reason = reason if len(reason) <= 200 else reason[:197] + "..."
+    message = f"{name} logging failed ({type(error).__name__}: {reason}); training goes on without it"
     console.print(f"[yellow]warning:[/] {message}")
     log.warning("%s", message)
 
