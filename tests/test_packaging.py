@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, TINY
 
 pytestmark = [
     pytest.mark.slow,
@@ -91,6 +91,9 @@ def test_wheel_install_finds_its_configs_from_any_directory(tmp_path: Path) -> N
     assert "upsampling: transposed" in result.stdout
     synth = unetseg(python, "synthesize", "output=s", "count=1", "size=16", cwd=elsewhere)
     assert synth.returncode == 0 and (elsewhere / "s" / "image" / "0.png").is_file(), synth.stderr
+    train = unetseg(python, "train", *TINY, "hydra.run.dir=run", cwd=elsewhere)  # the report's templates ship too
+    assert train.returncode == 0 and "warning" not in train.stdout, train.stdout[-2000:] + train.stderr[-2000:]
+    assert 'id="figures"' in (elsewhere / "run" / "report.html").read_text()
 
 
 def test_editable_install_reads_the_checkout_conf(tmp_path: Path) -> None:

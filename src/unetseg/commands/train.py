@@ -4,6 +4,7 @@ run directory (and in the loggers that trainer.loggers names)."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import time
@@ -21,6 +22,8 @@ from unetseg.runtime.distributed import current_world, gather_objects
 from unetseg.runtime.paths import user_path
 from unetseg.tracking.loggers import Loggers, flatten, open_loggers
 from unetseg.training.trainer import Trainer
+
+log = logging.getLogger(__name__)
 
 
 def start_loggers(cfg: TrainConfig, run_dir: Path, tree: dict[str, Any]) -> Loggers:
@@ -65,6 +68,7 @@ def train(cfg: TrainConfig, run_dir: Path) -> dict[str, Any]:
         "wall_time_s": result.wall_time_s,
         "precision": result.precision,
         "data": result.data,
+        "logging_s": {key: round(value, 3) for key, value in result.logging_s.items()},
         "checkpoint_best": str(result.best_checkpoint),
         "checkpoint_last": str(result.last_checkpoint),
     }
@@ -80,7 +84,9 @@ def train(cfg: TrainConfig, run_dir: Path) -> dict[str, Any]:
     write_text_atomic(run_dir / "metrics.json", json.dumps(summary, indent=2))
     report = run_dir / "report.html"
     try:
+        report_started = time.perf_counter()
         _, gallery_note = write_run_report(run_dir, cfg.trainer.report_images, cfg.trainer.device)
+        log.info("report.html written in %.2f s", time.perf_counter() - report_started)
         if gallery_note:
             console.print(f"[yellow]warning:[/] the report has no gallery: {gallery_note}")
     except Exception as error:  # the trained model matters more than its report

@@ -44,15 +44,26 @@ def run_curves(history: list[dict[str, Any]], class_names: Sequence[str], monito
     figure.suptitle(f"{title} · best epoch {best} by {monitor}" if best else title, fontsize=11)
     axes = figure.subplots(2, 3, sharex=True).ravel()
     figure.subplots_adjust(left=0.06, right=0.99, bottom=0.08, top=0.9, wspace=0.25, hspace=0.2)
-    panels: list[tuple[str, str, list[tuple[str, str]]]] = [
-        ("loss", "loss (lower is better)", [("train_loss", "training"), (LOSS.key, "validation")]),
-        ("Dice per class (validation)", "Dice (higher is better)", [(dice_of(n).key, n) for n in class_names]),
-        ("pixel error (validation)", "fraction of pixels wrong", [(PIXEL_ERROR.key, "pixel error")]),
-        ("adapted Rand error (validation)", "Rand error (lower is better)", [(RAND_ERROR.key, "Rand error")]),
-        ("learning rate", "learning rate", [("lr", "lr")]),
-        ("epoch time", "seconds per epoch", [("epoch_time_s", "train + validation")]),
+    # (title, y label, [(metric key, line label)], legend corner: where rising or falling curves leave room)
+    panels: list[tuple[str, str, list[tuple[str, str]], str]] = [
+        ("loss", "loss (lower is better)", [("train_loss", "training"), (LOSS.key, "validation")], "upper right"),
+        (
+            "Dice per class (validation)",
+            "Dice (higher is better)",
+            [(dice_of(n).key, n) for n in class_names],
+            "lower right",
+        ),
+        ("pixel error (validation)", "fraction of pixels wrong", [(PIXEL_ERROR.key, "pixel error")], "upper right"),
+        (
+            "adapted Rand error (validation)",
+            "Rand error (lower is better)",
+            [(RAND_ERROR.key, "Rand error")],
+            "upper right",
+        ),
+        ("learning rate", "learning rate", [("lr", "lr")], "upper right"),
+        ("epoch time", "seconds per epoch", [("epoch_time_s", "train + validation")], "lower right"),
     ]
-    for axis, (panel_title, ylabel, lines) in zip(axes, panels, strict=True):
+    for axis, (panel_title, ylabel, lines, corner) in zip(axes, panels, strict=True):
         drawn = False
         for key, label in lines:
             epochs, values = series(history, key)
@@ -66,13 +77,12 @@ def run_curves(history: list[dict[str, Any]], class_names: Sequence[str], monito
             axis.axvline(best, color="grey", linestyle=":", linewidth=1, label=f"best epoch {best}")
         if not drawn:
             axis.text(0.5, 0.5, "not recorded", ha="center", va="center", transform=axis.transAxes, color="grey")
-        if key == "lr" and drawn:
-            axis.set_yscale("log")
-        axis.set_title(panel_title, fontsize=10)
+        axis.set_title(panel_title, fontsize=10, y=1.0)  # a fixed y skips matplotlib's costly title placement
         axis.set_ylabel(ylabel, fontsize=9)
+        axis.ticklabel_format(axis="y", style="sci", scilimits=(-3, 4))
         axis.grid(alpha=0.3)
         if drawn:
-            axis.legend(fontsize=8, loc="upper right")
+            axis.legend(fontsize=8, loc=corner)
     for axis in axes[3:]:
         axis.set_xlabel("epoch")
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -124,7 +134,7 @@ def sweep_curves(jobs: Sequence[SweepJob], monitor: str) -> bytes:
         epochs, values = series(job.history, monitor)
         if values:
             curves_axis.plot(epochs, values, label=job.label)
-    curves_axis.set_title(f"{monitor} per epoch (validation, {direction} is better)", fontsize=10)
+    curves_axis.set_title(f"{monitor} per epoch (validation, {direction} is better)", fontsize=10, y=1.0)
     curves_axis.set_xlabel("epoch")
     curves_axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     curves_axis.set_ylabel(monitor)
@@ -141,7 +151,7 @@ def sweep_curves(jobs: Sequence[SweepJob], monitor: str) -> bytes:
     for position, job in zip(positions, jobs, strict=True):
         text = f"{job.best:.4f}" if job.best is not None else "failed"
         bars_axis.text(values[position], position, f" {text}", va="center", fontsize=8)
-    bars_axis.set_title(f"best {monitor} per job (red: failed)", fontsize=10)
+    bars_axis.set_title(f"best {monitor} per job (red: failed)", fontsize=10, y=1.0)
     bars_axis.set_xlabel(monitor)
     bars_axis.grid(alpha=0.3, axis="x")
     return _png(figure)

@@ -159,6 +159,7 @@ class Loggers:
 
     def __init__(self, loggers: Sequence[RunLogger] = ()) -> None:
         self.loggers = list(loggers)
+        self.spent_s = 0.0  # time spent in the loggers' calls (the run's logging overhead)
 
     @property
     def active(self) -> bool:
@@ -169,12 +170,14 @@ class Loggers:
         return any(logger.takes_pictures for logger in self.loggers)
 
     def _each(self, call: Callable[[RunLogger], None]) -> None:
+        started = time.perf_counter()
         for logger in list(self.loggers):
             try:
                 call(logger)
             except Exception as error:  # the checkpoint matters more than the log
                 self.loggers.remove(logger)
                 drop(logger.name, error)
+        self.spent_s += time.perf_counter() - started
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         self._each(lambda logger: logger.log_params(params))

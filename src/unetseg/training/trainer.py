@@ -40,7 +40,7 @@ from unetseg.scoring.names import LOSS, PIXEL_ERROR, RAND_ERROR, dice_of, lower_
 from unetseg.scoring.tables import metrics_table
 from unetseg.tracking.curves import CurvesFile
 from unetseg.tracking.loggers import Loggers
-from unetseg.tracking.pictures import classes_rgb, error_rgb, input_rgb, positive_class
+from unetseg.tracking.pictures import classes_rgb, error_rgb, input_rgb, positive_class, thumbnail
 from unetseg.training.border_weights import border_weight_map
 from unetseg.training.loader import start_epoch, training_loader
 from unetseg.training.losses import WEIGHTED, compute_loss
@@ -65,10 +65,12 @@ class TrainResult:
     last_checkpoint: Path
     data: dict[str, Any]  # image counts and sizes, for the report
     precision: str
+    logging_s: dict[str, float]  # time spent drawing curves and in the loggers (and their pictures)
 
 
 class Trainer:
-    PREVIEWS = 3  # validation images a logger that takes pictures gets at each new best
+    PREVIEWS = 3  # validation images a logger that takes pictures gets at each new best ...
+    PREVIEW_SIDE = 256  # ... each panel shrunk to this many pixels: TensorBoard's PNG encoding stays cheap
 
     def __init__(self, cfg: TrainConfig, run_dir: Path, loggers: Loggers | None = None) -> None:
         self.cfg = cfg
@@ -93,6 +95,7 @@ class Trainer:
         self.stopped_early = False
         self.resumed_from: Path | None = None  # the last.pt this run continues, if any
         self.previews: list[Preview] = []
+        self.pictures_s = 0.0  # drawing the loggers' pictures
         self.curves = CurvesFile(run_dir, self.class_names, cfg.trainer.monitor)
 
     def fit(self) -> TrainResult:
@@ -319,16 +322,21 @@ class Trainer:
         self.curves.update(time.perf_counter() - self.started)
         self.loggers.log_epoch(self.epoch, {k: v for k, v in record.items() if k not in ("epoch", "best")})
         if improved and self.previews:
+            started = time.perf_counter()
             positive = positive_class(self.class_names, self.monitor.key)
             pictures = {}
             for preview in self.previews:
                 rows = [
-                    input_rgb(preview.image),
-                    classes_rgb(preview.label, len(self.class_names)),
-                    classes_rgb(preview.predicted, len(self.class_names)),
-                    error_rgb(preview.image, preview.label, preview.predicted, positive),
+                    thumbnail(panel, self.PREVIEW_SIDE)
+                    for panel in (
+                        input_rgb(preview.image),
+                        classes_rgb(preview.label, len(self.class_names)),
+                        classes_rgb(preview.predicted, len(self.class_names)),
+                        error_rgb(preview.image, preview.label, preview.predicted, positive),
+                    )
                 ]
                 pictures[f"{preview.name} (input | label | prediction | errors)"] = np.concatenate(rows, axis=1)
+            self.pictures_s += time.perf_counter() - started
             self.loggers.log_pictures(self.epoch, pictures)
 
     def report_epoch(self, improved: bool) -> None:
@@ -373,6 +381,7 @@ class Trainer:
             last_checkpoint=self.checkpoint_dir / "last.pt",
             data=self.data_facts(),
             precision=self.fast.describe(),
+            logging_s={"curves": self.curves.drawing_s, "loggers": self.loggers.spent_s + self.pictures_s},
         )
 
     # ---- helpers -----------------------------------------------------------------------------------------
