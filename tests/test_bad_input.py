@@ -49,9 +49,12 @@ def test_config_errors_fail_before_any_output(tmp_path: Path, args: list[str], f
 
 
 def test_missing_data_folder(tmp_path: Path) -> None:
-    result = run_cli("train", "data=isbi", "data.root=nowhere", *TINY, cwd=tmp_path)
+    result = run_cli(
+        "train", "data=isbi", "data.root=nowhere", *TINY, "trainer.loggers=[tensorboard,mlflow]", cwd=tmp_path
+    )
     assert_one_line_error(result, "nowhere", "does not exist")
     assert not list((tmp_path / "outputs" / "train").iterdir())  # no empty run directory left behind
+    assert not (tmp_path / "mlruns").exists()  # the loggers start only once the data has loaded
 
 
 def test_images_too_small_for_the_depth(tmp_path: Path) -> None:

@@ -30,8 +30,8 @@ RANKS = {
     "cli": 11,
     "__main__": 12,
 }
-LOWER_FOLDERS = ("io", "data", "scoring", "model", "runtime")
-UPPER_FOLDERS = ("training", "inference", "commands")
+LOWER_FOLDERS = ("io", "data", "scoring", "model", "runtime", "tracking")
+UPPER_FOLDERS = ("training", "inference", "reporting", "commands")
 
 
 def room_of(path: Path) -> str:

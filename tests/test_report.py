@@ -14,6 +14,7 @@ import tarfile
 from pathlib import Path
 
 import cv2
+import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
@@ -52,7 +53,8 @@ def epochs_of(run: Path) -> list[dict]:
 def test_curves_png_is_written_at_the_stated_size(trained: Path) -> None:
     image = cv2.imread(str(trained / "run" / "curves.png"))
     assert image is not None and image.shape[:2] == (CURVES_SIZE[1], CURVES_SIZE[0])
-    assert image.std() > 20
+    first_colour = np.all(np.abs(image.astype(int) - (180, 119, 31)) < 30, axis=2)  # matplotlib's blue, BGR
+    assert first_colour.sum() > 500  # curves drawn, not only "not recorded" panels
 
 
 def test_tensorboard_holds_every_scalar_of_every_epoch(trained: Path) -> None:
@@ -150,6 +152,34 @@ def test_report_without_checkpoint_says_why(trained: Path, tmp_path: Path) -> No
     assert "without the gallery" in result.stdout and "best.pt" in result.stdout
     html = (run / "report.html").read_text()
     assert 'id="no-gallery"' in html and "best.pt is missing" in html and 'id="figures"' in html
+
+
+def test_report_gallery_keeps_the_worst_images_first(trained: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(trained / "run", run, ignore=shutil.ignore_patterns("tensorboard"))
+
+    def entries(images: str) -> list[tuple[str, float]]:
+        result = run_cli("report", str(run), "--images", images, cwd=trained)
+        assert result.returncode == 0, result.stderr
+        html = (run / "report.html").read_text()
+        names = re.findall(r'<figure class="entry" data-name="([^"]+)">', html)
+        dice = [float(v) for v in re.findall(r"Dice foreground (\d\.\d+|–)", html)] if names else []
+        return list(zip(names, dice, strict=False))
+
+    both = entries("2")
+    assert len(both) == 2 and both[0][1] <= both[1][1]  # monitor: mean Dice; the lower one first
+    assert [name for name, _ in entries("1")] == [both[0][0]]
+    assert entries("0") == [] and "switched off" in (run / "report.html").read_text()
+
+
+def test_report_escapes_what_it_shows(trained: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(trained / "run", run, ignore=shutil.ignore_patterns("tensorboard"))
+    (run / ".hydra" / "overrides.yaml").write_text("- data.root=<script>alert(1)</script>\n")
+    result = run_cli("report", str(run), cwd=trained)
+    assert result.returncode == 0, result.stderr
+    html = (run / "report.html").read_text()
+    assert "<script>" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
 
 
 def test_report_refuses_folders_that_are_not_runs(trained: Path, tmp_path: Path) -> None:

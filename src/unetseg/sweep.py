@@ -15,7 +15,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 from rich.table import Table
 
-from unetseg.reporting.sweeps import COLUMNS, write_sweep_report
+from unetseg.reporting.sweeps import COLUMNS, summarize, write_sweep_report
 from unetseg.runtime.console import console
 
 _failed = 0
@@ -54,10 +54,12 @@ class SweepSummary(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         global _failed
         sweep_dir = Path(config.hydra.sweep.dir)
-        report, rows = write_sweep_report(sweep_dir)  # also writes summary.csv and sweep.png
+        try:
+            report, rows = write_sweep_report(sweep_dir)  # also writes summary.csv and sweep.png
+            written = f"summary: {sweep_dir / 'summary.csv'} · chart: {sweep_dir / 'sweep.png'} · report: {report}"
+        except Exception as error:  # the table and the failed-job count matter more than the chart
+            rows = summarize(sweep_dir)
+            written = f"summary: {sweep_dir / 'summary.csv'} · no report ({type(error).__name__}: {error})"
         _failed = sum(row["status"] != "completed" for row in rows)
         console.print(summary_table(rows))
-        console.print(
-            f"summary: {sweep_dir / 'summary.csv'} · chart: {sweep_dir / 'sweep.png'} · report: {report}"
-            + (f" · [red]{_failed} job(s) failed[/]" if _failed else "")
-        )
+        console.print(written + (f" · [red]{_failed} job(s) failed[/]" if _failed else ""))

@@ -27,13 +27,18 @@ def parser() -> argparse.ArgumentParser:
         epilog="Examples: unetseg report outputs/train/2026-11-27_10-00-00_1234 · unetseg report outputs/sweep/<sweep>",
     )
     parse.add_argument("folder", help="a training run directory (outputs/train/<run>) or a sweep folder")
-    parse.add_argument("--images", type=int, default=50, help="most validation images in the gallery (default 50)")
+    parse.add_argument(
+        "--images",
+        type=int,
+        default=None,
+        help="most validation images in the gallery (default: the run's trainer.report_images)",
+    )
     parse.add_argument("--device", default="auto", help="device for the gallery's predictions (default auto)")
     return parse
 
 
-def report(folder: Path, images: int, device: str) -> Path:
-    if images < 0:
+def report(folder: Path, images: int | None, device: str) -> Path:
+    if images is not None and images < 0:
         raise UserError(f"--images {images}: give 0 or more")
     if not folder.is_dir():
         raise UserError(f"{folder} is not a folder: give a training run (outputs/train/<run>) or a sweep folder")

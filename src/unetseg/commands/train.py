@@ -27,9 +27,9 @@ log = logging.getLogger(__name__)
 
 
 def start_loggers(cfg: TrainConfig, run_dir: Path, tree: dict[str, Any]) -> Loggers:
-    """The loggers trainer.loggers names, on the main process only, with the composed config as parameters."""
+    """The loggers trainer.loggers names, with the composed config as parameters."""
     t = cfg.trainer
-    if not t.loggers or not current_world().is_main:
+    if not t.loggers:
         return Loggers()
     tags = {"unetseg.run_dir": str(run_dir.resolve())}
     names = [name.value for name in t.loggers]
@@ -43,12 +43,13 @@ def train(cfg: TrainConfig, run_dir: Path) -> dict[str, Any]:
     tree = OmegaConf.to_container(OmegaConf.structured(cfg), enum_to_str=True)
     console.print(config_tree(tree, title="unetseg train"))  # type: ignore[arg-type]
     console.print(f"run directory: {run_dir}")
-    loggers = start_loggers(cfg, run_dir, tree)  # type: ignore[arg-type]
+    trainer = Trainer(cfg, run_dir, lambda: start_loggers(cfg, run_dir, tree))  # type: ignore[arg-type]
     try:
-        result = Trainer(cfg, run_dir, loggers).fit()
+        result = trainer.fit()
     except BaseException as error:  # Ctrl-C, a crash: the logged run says so
-        loggers.close("KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
+        trainer.loggers.close("KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
         raise
+    loggers = trainer.loggers
     world = current_world()
     if world.distributed:
         ranks_best = gather_objects(result.best)  # the all-reduced metrics must agree on every rank

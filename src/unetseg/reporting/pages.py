@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import base64
 import math
+from pathlib import Path
 from typing import Any
 
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+
+from unetseg.io.atomic import write_bytes_atomic
 
 _environment: Environment | None = None
 
@@ -52,3 +55,8 @@ def environment() -> Environment:
 
 def render(template: str, **context: Any) -> str:
     return environment().get_template(template).render(**context)
+
+
+def write_page(path: Path, html: str) -> None:
+    """Write a page atomically; a file name that is not valid UTF-8 shows as '?' instead of costing the page."""
+    write_bytes_atomic(path, html.encode("utf-8", errors="replace"))

@@ -8,14 +8,13 @@ from datetime import datetime
 from pathlib import Path
 
 from unetseg import __version__
-from unetseg.io.atomic import write_text_atomic
-from unetseg.reporting.gallery import Gallery, build_gallery
-from unetseg.reporting.pages import duration, number, png_uri, render
+from unetseg.reporting.gallery import DEFAULT_IMAGES, Gallery, build_gallery
+from unetseg.reporting.pages import duration, number, png_uri, render, write_page
 from unetseg.reporting.run_dir import TrainingRun, load_run
 from unetseg.runtime.errors import UserError
-from unetseg.scoring.names import PIXEL_ERROR, RAND_ERROR, dice_of, validation_scores
+from unetseg.scoring.names import DICE, PIXEL_ERROR, RAND_ERROR, dice_of, validation_scores
 from unetseg.tracking.curves import run_curves
-from unetseg.tracking.history import best_epoch
+from unetseg.tracking.history import best_epoch, run_title
 
 log = logging.getLogger(__name__)
 
@@ -72,24 +71,33 @@ def _status(run: TrainingRun) -> str:
     return "not finished (no metrics.json): stopped, or still training"
 
 
-def write_run_report(run_dir: Path, gallery_limit: int = 50, device: str = "auto") -> tuple[Path, str]:
-    """Write ``run_dir/report.html``; return its path and why it has no gallery ("" when it has one)."""
+def current_curves(run: TrainingRun, class_names: list[str], monitor: str) -> bytes:
+    """curves.png if it shows every epoch of metrics.jsonl (it is drawn within a time budget, and a stopped
+    run may have epochs it does not show), else the curves drawn afresh."""
+    curves_file, history_file = run.path / "curves.png", run.path / "metrics.jsonl"
+    if curves_file.is_file() and curves_file.stat().st_mtime >= history_file.stat().st_mtime:
+        return curves_file.read_bytes()
+    return run_curves(run.history, class_names, monitor, run_title(run.path))
+
+
+def write_run_report(run_dir: Path, gallery_limit: int | None = None, device: str = "auto") -> tuple[Path, str]:
+    """Write ``run_dir/report.html`` with at most ``gallery_limit`` gallery images (None: the run's
+    trainer.report_images); return its path and why it has no gallery ("" when it has one)."""
     run = load_run(run_dir)
+    if gallery_limit is None:
+        gallery_limit = int(run.setting("trainer.report_images", DEFAULT_IMAGES))
     class_names = [str(n) for n in run.setting("data.class_names", ["background", "foreground"])]
-    monitor = str(run.setting("trainer.monitor", "dice"))
-    curves_file = run.path / "curves.png"
-    curves = (
-        curves_file.read_bytes()
-        if curves_file.is_file()
-        else run_curves(run.history, class_names, monitor, f"{run.path.parent.name}/{run.path.name}")
-    )
+    monitor = str(run.setting("trainer.monitor", DICE.key))
+    curves = current_curves(run, class_names, monitor)
     best = best_epoch(run.history)
     rows = [("best", r) for r in run.history if r["epoch"] == best] + [("last", run.history[-1])]
     figures = [{"kind": kind, "label": f"{kind} ({r['epoch']})", "epoch": r["epoch"], "scores": r} for kind, r in rows]
 
     gallery: Gallery | None = None
     gallery_note = ""
-    if not run.best_checkpoint.is_file():
+    if gallery_limit == 0:
+        gallery_note = "switched off (trainer.report_images=0, or unetseg report --images 0)"
+    elif not run.best_checkpoint.is_file():
         gallery_note = f"{run.best_checkpoint} is missing (the gallery is drawn with the best checkpoint)"
     else:
         try:
@@ -103,12 +111,11 @@ def write_run_report(run_dir: Path, gallery_limit: int = 50, device: str = "auto
         "run.html.j2",
         version=__version__,
         written=f"{datetime.now():%Y-%m-%d %H:%M}",
-        run_name=f"{run.path.parent.name}/{run.path.name}",
+        run_name=run_title(run.path),
         status=_status(run),
         overrides=run.overrides,
         glance=_glance(run),
         curves=png_uri(curves),
-        curves_note="",
         scores=validation_scores(class_names),
         figures=figures,
         gallery=gallery,
@@ -116,5 +123,5 @@ def write_run_report(run_dir: Path, gallery_limit: int = 50, device: str = "auto
         entry_scores=[PIXEL_ERROR, *(dice_of(n) for n in class_names), RAND_ERROR],
     )
     target = run.path / "report.html"
-    write_text_atomic(target, html)
+    write_page(target, html)
     return target, gallery_note

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 from datetime import datetime
 from pathlib import Path
@@ -19,7 +18,7 @@ from unetseg.reporting.pages import png_uri, render
 from unetseg.runtime.errors import UserError
 from unetseg.scoring.names import DICE, IOU, lower_is_better
 from unetseg.tracking.curves import SweepJob, sweep_curves
-from unetseg.tracking.history import read_history
+from unetseg.tracking.history import read_history, read_summary, run_title
 
 COLUMNS = [
     "job",
@@ -50,10 +49,9 @@ def job_row(job_dir: Path) -> dict[str, Any]:
         "overrides": " ".join(map(str, overrides or [])),
         "run_dir": str(job_dir),
     }
-    metrics_file = job_dir / "metrics.json"
-    if not metrics_file.is_file():
-        return {**row, "status": "missing", "error": "no metrics.json: the job did not finish"}
-    summary = json.loads(metrics_file.read_text(encoding="utf-8"))
+    summary = read_summary(job_dir)
+    if not summary:
+        return {**row, "status": "missing", "error": "no readable metrics.json: the job did not finish"}
     row["status"] = summary.get("status", "unknown")
     row["error"] = summary.get("error", "")
     if row["status"] == "completed":
@@ -65,9 +63,7 @@ def job_row(job_dir: Path) -> dict[str, Any]:
             parameters=summary["parameters"],
             wall_time_s=round(summary["wall_time_s"], 2),
         )
-        monitor = summary.get("monitor", DICE.key)
-        value = summary["best"].get(monitor)
-        row["monitor"], row["best_monitored"] = monitor, value if isinstance(value, (int, float)) else None
+        row["monitor"], row["best_scores"] = summary.get("monitor", DICE.key), summary["best"]
     return row
 
 
@@ -83,19 +79,31 @@ def summarize(sweep_dir: Path) -> list[dict[str, Any]]:
 
 
 def sweep_monitor(rows: list[dict[str, Any]]) -> str:
-    return next((row["monitor"] for row in rows if row.get("monitor")), DICE.key)
+    """The score jobs are compared by: their trainer.monitor when all share it, else mean Dice (a sweep over
+    trainer.monitor must not compare a Dice with a Rand error)."""
+    monitors = {row["monitor"] for row in rows if row.get("monitor")}
+    return monitors.pop() if len(monitors) == 1 else DICE.key
+
+
+def score_rows(rows: list[dict[str, Any]]) -> str:
+    """Give every completed row its ``best_monitored`` by the sweep's one monitor; returns that monitor."""
+    monitor = sweep_monitor(rows)
+    for row in rows:
+        value = row.get("best_scores", {}).get(monitor)
+        row["best_monitored"] = float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+    return monitor
 
 
 def best_job(rows: list[dict[str, Any]]) -> str | None:
-    """The completed job with the best monitored score."""
-    scored = [r for r in rows if isinstance(r.get("best_monitored"), float) and math.isfinite(r["best_monitored"])]
+    """The completed job with the best monitored score (``score_rows`` first)."""
+    scored = [row for row in rows if row.get("best_monitored") is not None]
     if not scored:
         return None
     pick = min if lower_is_better(sweep_monitor(rows)) else max
     return pick(scored, key=lambda r: r["best_monitored"])["job"]
 
 
-def write_sweep_chart(sweep_dir: Path, rows: list[dict[str, Any]]) -> bytes:
+def write_sweep_chart(sweep_dir: Path, rows: list[dict[str, Any]], monitor: str) -> bytes:
     """sweep.png beside summary.csv: every job's monitored score per epoch, and its best as a bar."""
     jobs = []
     for row in rows:
@@ -105,7 +113,7 @@ def write_sweep_chart(sweep_dir: Path, rows: list[dict[str, Any]]) -> bytes:
             history = []
         label = f"{row['job']}: {row['overrides'] or '(no overrides)'}"
         jobs.append(SweepJob(label, history, row.get("best_monitored")))
-    png = sweep_curves(jobs, sweep_monitor(rows))
+    png = sweep_curves(jobs, monitor)
     write_bytes_atomic(sweep_dir / "sweep.png", png)
     return png
 
@@ -115,7 +123,8 @@ def write_sweep_report(sweep_dir: Path) -> tuple[Path, list[dict[str, Any]]]:
     if not sweep_dir.is_dir() or not job_dirs(sweep_dir):
         raise UserError(f"{sweep_dir} has no job folders (0/, 1/, ...): give a sweep folder (outputs/sweep/<sweep>)")
     rows = summarize(sweep_dir)
-    png = write_sweep_chart(sweep_dir, rows)
+    monitor = score_rows(rows)
+    png = write_sweep_chart(sweep_dir, rows, monitor)
     best = best_job(rows)
     for row in rows:
         report = Path(row["run_dir"]) / "report.html"
@@ -125,13 +134,15 @@ def write_sweep_report(sweep_dir: Path) -> tuple[Path, list[dict[str, Any]]]:
         "sweep.html.j2",
         version=__version__,
         written=f"{datetime.now():%Y-%m-%d %H:%M}",
-        sweep_name=f"{sweep_dir.parent.name}/{sweep_dir.name}",
+        sweep_name=run_title(sweep_dir),
         sweep_dir=str(sweep_dir.resolve()),
         rows=rows,
-        monitor=sweep_monitor(rows),
+        monitor=monitor,
         best=best,
         chart=png_uri(png),
     )
     target = sweep_dir / "report.html"
-    write_text_atomic(target, html)
+    write_bytes_atomic(
+        target, html.encode("utf-8", errors="replace")
+    )  # a non-UTF-8 file name costs a '?', not the page
     return target, rows

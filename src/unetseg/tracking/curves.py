@@ -13,14 +13,15 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from typing import TYPE_CHECKING, Any
 
 from unetseg.io.atomic import write_bytes_atomic
+from unetseg.runtime.console import console
 from unetseg.scoring.names import LOSS, PIXEL_ERROR, RAND_ERROR, Score, dice_of, lower_is_better
-from unetseg.tracking.history import best_epoch, read_history, series
+from unetseg.tracking.history import best_epoch, read_history, run_title, series
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 CURVES_SIZE = (1200, 700)  # pixels of curves.png
 SWEEP_SIZE = (1200, 500)  # pixels of sweep.png
@@ -28,6 +29,8 @@ _DPI = 100
 
 
 def _figure(size: tuple[int, int]) -> Figure:
+    from matplotlib.figure import Figure  # imported on first use: half a second every command need not pay
+
     return Figure(figsize=(size[0] / _DPI, size[1] / _DPI), dpi=_DPI, layout=None)
 
 
@@ -83,6 +86,8 @@ def run_curves(history: list[dict[str, Any]], class_names: Sequence[str], monito
         axis.grid(alpha=0.3)
         if drawn:
             axis.legend(fontsize=8, loc=corner)
+    from matplotlib.ticker import MaxNLocator
+
     for axis in axes[3:]:
         axis.set_xlabel("epoch")
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -92,23 +97,31 @@ def run_curves(history: list[dict[str, Any]], class_names: Sequence[str], monito
 class CurvesFile:
     """A run's curves.png, redrawn after an epoch while drawing costs at most ``budget`` of the training
     time so far (a drawing takes about 0.35 s on a 2-core CPU: after every epoch once epochs last 35 s or
-    more, every few epochs for shorter ones), and always at the end."""
+    more, every few epochs for shorter ones), and always at the end. A drawing that fails is reported once
+    and the curves are left as they are: they must never cost the run."""
 
     def __init__(self, run_dir: Path, class_names: Sequence[str], monitor: str, budget: float = 0.01) -> None:
         self.path = run_dir / "curves.png"
         self.history_path = run_dir / "metrics.jsonl"
-        self.title = f"{run_dir.parent.name}/{run_dir.name}"
+        self.title = run_title(run_dir)
+        self.failed = False
         self.class_names, self.monitor, self.budget = list(class_names), monitor, budget
         self.drawing_s = 0.0  # spent drawing so far
         self.last_drawing_s = 0.0
 
     def update(self, training_s: float, final: bool = False) -> bool:
         """Redraw from metrics.jsonl unless that would exceed the budget (``final``: always); True if drawn."""
-        if not final and self.drawing_s + self.last_drawing_s > self.budget * training_s:
+        if self.failed or (not final and self.drawing_s + self.last_drawing_s > self.budget * training_s):
             return False
         started = time.perf_counter()
-        png = run_curves(read_history(self.history_path), self.class_names, self.monitor, self.title)
-        write_bytes_atomic(self.path, png)
+        try:
+            png = run_curves(read_history(self.history_path), self.class_names, self.monitor, self.title)
+            write_bytes_atomic(self.path, png)
+        except Exception as error:
+            self.failed = True
+            reason = f"{type(error).__name__}: {error}"
+            console.print(f"[yellow]warning:[/] curves.png not drawn ({reason}); training goes on")
+            return False
         self.last_drawing_s = time.perf_counter() - started
         self.drawing_s += self.last_drawing_s
         return True
@@ -135,6 +148,8 @@ def sweep_curves(jobs: Sequence[SweepJob], monitor: str) -> bytes:
         if values:
             curves_axis.plot(epochs, values, label=job.label)
     curves_axis.set_title(f"{monitor} per epoch (validation, {direction} is better)", fontsize=10, y=1.0)
+    from matplotlib.ticker import MaxNLocator
+
     curves_axis.set_xlabel("epoch")
     curves_axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     curves_axis.set_ylabel(monitor)

@@ -40,6 +40,11 @@ def read_summary(run_dir: Path) -> dict[str, Any]:
     return summary if isinstance(summary, dict) else {}
 
 
+def run_title(run_dir: Path) -> str:
+    """How charts and reports name a run: ``train/2026-11-27_10-00-00_1234`` (its folder and its parent)."""
+    return f"{run_dir.parent.name}/{run_dir.name}"
+
+
 def best_epoch(history: list[dict[str, Any]]) -> int | None:
     """The last epoch marked best (the one best.pt holds), if any."""
     marked = [record["epoch"] for record in history if record.get("best")]

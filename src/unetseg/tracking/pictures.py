@@ -55,6 +55,18 @@ def error_rgb(image: np.ndarray, truth: np.ndarray, predicted: np.ndarray, posit
     return picture
 
 
+def panels(
+    image: np.ndarray, truth: np.ndarray, predicted: np.ndarray, num_classes: int, positive: int | None
+) -> dict[str, np.ndarray]:
+    """The four pictures of one validation image, by name: input, label, prediction, errors."""
+    return {
+        "input": input_rgb(image),
+        "label": classes_rgb(truth, num_classes),
+        "prediction": classes_rgb(predicted, num_classes),
+        "errors": error_rgb(image, truth, predicted, positive),
+    }
+
+
 def thumbnail(rgb: np.ndarray, max_side: int) -> np.ndarray:
     """Shrunk (area averaging) so that its longer side is at most ``max_side`` pixels."""
     height, width = rgb.shape[:2]

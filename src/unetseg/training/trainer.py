@@ -14,6 +14,7 @@ import json
 import logging
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,7 @@ from unetseg.scoring.names import LOSS, PIXEL_ERROR, RAND_ERROR, dice_of, lower_
 from unetseg.scoring.tables import metrics_table
 from unetseg.tracking.curves import CurvesFile
 from unetseg.tracking.loggers import Loggers
-from unetseg.tracking.pictures import classes_rgb, error_rgb, input_rgb, positive_class, thumbnail
+from unetseg.tracking.pictures import panels, positive_class, thumbnail
 from unetseg.training.border_weights import border_weight_map
 from unetseg.training.loader import start_epoch, training_loader
 from unetseg.training.losses import WEIGHTED, compute_loss
@@ -72,10 +73,12 @@ class Trainer:
     PREVIEWS = 3  # validation images a logger that takes pictures gets at each new best ...
     PREVIEW_SIDE = 256  # ... each panel shrunk to this many pixels: TensorBoard's PNG encoding stays cheap
 
-    def __init__(self, cfg: TrainConfig, run_dir: Path, loggers: Loggers | None = None) -> None:
+    def __init__(self, cfg: TrainConfig, run_dir: Path, open_loggers: Callable[[], Loggers] | None = None) -> None:
         self.cfg = cfg
         self.run_dir = run_dir
-        self.loggers = loggers or Loggers()  # the main process's; empty on the others
+        # Opened once the data has loaded and a resume was checked: bad input must leave no logged run behind.
+        self.open_loggers = open_loggers
+        self.loggers = Loggers()  # the main process's; empty on the others
         self.checkpoint_dir = run_dir / "checkpoints"
         self.metrics_path = run_dir / "metrics.jsonl"
         self.world = current_world()
@@ -126,6 +129,8 @@ class Trainer:
             self.restore(resumed)
         self.wrap_network()
         self.describe()
+        if self.open_loggers is not None and self.world.is_main:
+            self.loggers = self.open_loggers()
 
     def load_data(self) -> tuple[LabelledImages, LabelledImages]:
         """Training and validation images; the border weight maps when the loss uses them (computed once)."""
@@ -326,15 +331,8 @@ class Trainer:
             positive = positive_class(self.class_names, self.monitor.key)
             pictures = {}
             for preview in self.previews:
-                rows = [
-                    thumbnail(panel, self.PREVIEW_SIDE)
-                    for panel in (
-                        input_rgb(preview.image),
-                        classes_rgb(preview.label, len(self.class_names)),
-                        classes_rgb(preview.predicted, len(self.class_names)),
-                        error_rgb(preview.image, preview.label, preview.predicted, positive),
-                    )
-                ]
+                four = panels(preview.image, preview.label, preview.predicted, len(self.class_names), positive)
+                rows = [thumbnail(panel, self.PREVIEW_SIDE) for panel in four.values()]
                 pictures[f"{preview.name} (input | label | prediction | errors)"] = np.concatenate(rows, axis=1)
             self.pictures_s += time.perf_counter() - started
             self.loggers.log_pictures(self.epoch, pictures)
@@ -392,7 +390,6 @@ class Trainer:
             "train_images": len(self.train_items),
             "val_images": len(self.val_items),
             "image_sizes": sorted(sizes),
-            "val_names": list(self.val_items.names),
         }
 
     def checkpoint(self, training_state: dict[str, Any] | None = None) -> Checkpoint:
