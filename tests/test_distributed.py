@@ -56,7 +56,14 @@ def single(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 def test_two_ranks_share_one_run_and_agree_on_metrics(tmp_path: Path) -> None:
     data = write_dataset(tmp_path / "data", count=7, size=40)
     result = torchrun(
-        "train", "data=folder", f"data.root={data}", *TINY, "trainer.epochs=2", "trainer.batch_size=2", cwd=tmp_path
+        "train",
+        "data=folder",
+        f"data.root={data}",
+        *TINY,
+        "trainer.epochs=2",
+        "trainer.batch_size=2",
+        "trainer.loggers=[tensorboard]",
+        cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     runs = list((tmp_path / "outputs" / "train").iterdir())
@@ -70,6 +77,10 @@ def test_two_ranks_share_one_run_and_agree_on_metrics(tmp_path: Path) -> None:
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 2  # written by rank 0 only
     assert result.stdout.count("epoch 2/2") == 1  # printed by rank 0 only
     assert "2 processes (gloo)" in result.stdout
+    # Rank 0 alone draws, logs and reports: one event file, one report.
+    assert len(list((run / "tensorboard").iterdir())) == 1
+    assert (run / "curves.png").is_file() and (run / "report.html").is_file()
+    assert result.stdout.count("report:") == 1
 
     # A checkpoint trained this way loads in a single-process predict.
     predicted = single(

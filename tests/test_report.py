@@ -16,6 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 from conftest import REPO, TINY, assert_one_line_error, run_cli, write_dataset
@@ -88,6 +89,9 @@ def test_mlflow_store_holds_params_metrics_and_artifacts(trained: Path) -> None:
     for key in ("dice", "val_loss", "pixel_error", "lr"):
         history = client.get_metric_history(run.info.run_id, key)
         assert [(m.step, round(m.value, 6)) for m in history] == [(r["epoch"], r[key]) for r in records], key
+    best = [r for r in records if r["best"]][-1]
+    assert run.data.metrics["best_epoch"] == best["epoch"]
+    assert run.data.metrics["best_dice"] == pytest.approx(best["dice"], abs=1e-6)  # metrics.jsonl: 6 decimals
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"best.pt", "report.html", "curves.png"} <= artifacts
 
@@ -133,6 +137,7 @@ def test_report_in_a_real_browser(trained: Path, tmp_path: Path) -> None:
     entries = re.findall(r'<figure class="entry" data-name="([^"]+)">', dom.stdout)
     assert sorted(entries) == ["8", "9"]  # the 2 validation images, once each
     assert "http://" not in dom.stdout and "https://" not in dom.stdout  # nothing to fetch: opens offline
+    assert "Dice foreground is 0 at the best epoch" in dom.stdout  # 2 epochs at lr 1e-5 find no foreground
 
     shot = tmp_path / "report.png"
     result = browse(report, tmp_path, "--window-size=1280,2000", f"--screenshot={shot}")
@@ -163,7 +168,7 @@ def test_report_gallery_keeps_the_worst_images_first(trained: Path, tmp_path: Pa
         assert result.returncode == 0, result.stderr
         html = (run / "report.html").read_text()
         names = re.findall(r'<figure class="entry" data-name="([^"]+)">', html)
-        dice = [float(v) for v in re.findall(r"Dice foreground (\d\.\d+|–)", html)] if names else []
+        dice = [float(v) for v in re.findall(r"Dice (\d\.\d+)", html)]  # mean Dice: what the gallery is ranked by
         return list(zip(names, dice, strict=False))
 
     both = entries("2")
@@ -186,6 +191,11 @@ def test_report_refuses_folders_that_are_not_runs(trained: Path, tmp_path: Path)
     assert_one_line_error(run_cli("report", str(tmp_path), cwd=tmp_path), "is not a training run")
     assert_one_line_error(run_cli("report", str(tmp_path / "nowhere"), cwd=tmp_path), "is not a folder")
     assert_one_line_error(run_cli("report", cwd=tmp_path), "folder", "unetseg report --help")
+    assert_one_line_error(run_cli("report", str(trained / "run"), "--device", "foo", cwd=tmp_path), "--device=foo")
+    if not torch.cuda.is_available():
+        no_gpu = run_cli("report", str(trained / "run"), "--device", "cuda", cwd=tmp_path)
+        assert_one_line_error(no_gpu, "CUDA is not available")
+    assert_one_line_error(run_cli("report", str(trained), cwd=tmp_path), "holds training runs", str(trained / "run"))
     empty = tmp_path / "empty-run"
     shutil.copytree(trained / "run", empty, ignore=shutil.ignore_patterns("tensorboard", "report.html"))
     (empty / "metrics.jsonl").write_text("")

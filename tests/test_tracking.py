@@ -62,7 +62,7 @@ def test_run_curves_is_a_png_of_the_stated_size_with_something_drawn() -> None:
 
 
 def test_sweep_curves_is_a_png_of_the_stated_size() -> None:
-    jobs = [SweepJob("model=bilinear", history(4), 0.8), SweepJob("model=transposed", [], None)]
+    jobs = [SweepJob("0", "0: model=bilinear", history(4), 0.8), SweepJob("1", "1: model=transposed", [], None)]
     image = decode(sweep_curves(jobs, "dice"))
     assert image.shape[:2] == (SWEEP_SIZE[1], SWEEP_SIZE[0])
 

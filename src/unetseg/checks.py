@@ -78,7 +78,7 @@ def check_train(cfg: TrainConfig) -> None:
         f"trainer.workers={t.workers}: must be >= 0 (0 loads data in the main process), or null for automatic",
     )
     _require(0 < t.threshold < 1, f"trainer.threshold={t.threshold}: must be strictly between 0 and 1")
-    _check_device(t.device, "trainer.device")
+    check_device(t.device, "trainer.device")
     _check_training_recipe(cfg)
 
 
@@ -139,7 +139,7 @@ def check_inference(cfg: InferenceConfig) -> None:
         cfg.tile_size is None or cfg.tile_size >= 16,
         f"tile_size={cfg.tile_size}: must be at least 16 pixels, or null to run each image whole",
     )
-    _check_device(cfg.device, "device")
+    check_device(cfg.device, "device")
 
 
 def check_predict(cfg: PredictConfig) -> None:
@@ -188,7 +188,8 @@ def check_export(cfg: ExportConfig) -> None:
     )
 
 
-def _check_device(device: str, key: str) -> None:
+def check_device(device: str, key: str) -> None:
+    """The device names unetseg takes (whether the device is there is resolve_device's question)."""
     kind = device.split(":")[0]
     _require(
         kind in DEVICE_KINDS,

@@ -11,10 +11,12 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
+from unetseg.checks import check_device
 from unetseg.reporting.run_dir import is_run_dir, is_sweep_dir
 from unetseg.reporting.run_report import write_run_report
 from unetseg.reporting.sweeps import write_sweep_report
 from unetseg.runtime.console import console, print_error
+from unetseg.runtime.device import resolve_device
 from unetseg.runtime.errors import EXIT_USER_ERROR, UserError
 from unetseg.runtime.paths import user_path
 
@@ -40,8 +42,15 @@ def parser() -> argparse.ArgumentParser:
 def report(folder: Path, images: int | None, device: str) -> Path:
     if images is not None and images < 0:
         raise UserError(f"--images {images}: give 0 or more")
+    check_device(device, "--device")
+    resolve_device(device)  # an explicit device that is not here is an error, not a report without gallery
     if not folder.is_dir():
         raise UserError(f"{folder} is not a folder: give a training run (outputs/train/<run>) or a sweep folder")
+    runs = sorted((p for p in folder.iterdir() if p.is_dir() and is_run_dir(p)), key=lambda p: p.stat().st_mtime)
+    if not is_run_dir(folder) and not is_sweep_dir(folder) and runs:
+        raise UserError(
+            f"{folder} holds training runs, it is not one: give one of them, e.g. unetseg report {runs[-1]}"
+        )
     if not is_run_dir(folder) and is_sweep_dir(folder):
         path, rows = write_sweep_report(folder)
         console.print(f"sweep report ({len(rows)} jobs): {path}")

@@ -90,10 +90,12 @@ def train(cfg: TrainConfig, run_dir: Path) -> dict[str, Any]:
         log.info("report.html written in %.2f s", time.perf_counter() - report_started)
         if gallery_note:
             console.print(f"[yellow]warning:[/] the report has no gallery: {gallery_note}")
+            log.warning("the report has no gallery: %s", gallery_note)
     except Exception as error:  # the trained model matters more than its report
         console.print(
             f"[yellow]warning:[/] no report ({type(error).__name__}: {error}); retry: unetseg report {run_dir}"
         )
+    loggers.log_best(result.best_epoch, result.best)
     loggers.log_files([result.best_checkpoint, report, run_dir / "curves.png"])
     loggers.close("FINISHED")
     console.print(

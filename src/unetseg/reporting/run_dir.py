@@ -36,8 +36,10 @@ class TrainingRun:
     def data_config(self) -> DataConfig:
         """The run's data settings as the schema (relative folders made absolute against the launch dir)."""
         node = OmegaConf.select(self.config, "data")
+        config_file = self.path / ".hydra" / "config.yaml"
         if node is None:
-            raise UserError(f"{self.path / '.hydra' / 'config.yaml'} has no data settings")
+            what = "has no data settings" if config_file.is_file() else "is missing"
+            raise UserError(f"{config_file} {what}: the gallery needs the data settings the run trained with")
         try:
             data = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(DataConfig), node))
         except OmegaConfBaseException as error:

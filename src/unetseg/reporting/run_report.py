@@ -3,7 +3,6 @@ figures, and the validation gallery at the best checkpoint."""
 
 from __future__ import annotations
 
-import logging
 from datetime import datetime
 from pathlib import Path
 
@@ -12,11 +11,9 @@ from unetseg.reporting.gallery import DEFAULT_IMAGES, Gallery, build_gallery
 from unetseg.reporting.pages import duration, number, png_uri, render, write_page
 from unetseg.reporting.run_dir import TrainingRun, load_run
 from unetseg.runtime.errors import UserError
-from unetseg.scoring.names import DICE, PIXEL_ERROR, RAND_ERROR, dice_of, validation_scores
+from unetseg.scoring.names import DICE, PIXEL_ERROR, RAND_ERROR, Score, dice_of, validation_scores
 from unetseg.tracking.curves import run_curves
 from unetseg.tracking.history import best_epoch, run_title
-
-log = logging.getLogger(__name__)
 
 
 def _glance(run: TrainingRun) -> list[tuple[str, str]]:
@@ -62,6 +59,26 @@ def _glance(run: TrainingRun) -> list[tuple[str, str]]:
     ]
 
 
+def _warnings(run: TrainingRun, class_names: list[str]) -> list[tuple[str, str]]:
+    """Glance rows for a model that looks fine by a mean but misses a class entirely."""
+    best = best_epoch(run.history)
+    record = next((r for r in run.history if r["epoch"] == best), None)
+    if record is None:
+        return []
+    rows = []
+    for name in class_names:
+        dice = record.get(dice_of(name).key)
+        if isinstance(dice, (int, float)) and dice == 0:
+            rows.append(
+                (
+                    "Warning",
+                    f"Dice {name} is 0 at the best epoch: the model gets no {name} pixel right (a model that "
+                    "predicts one class everywhere looks like this; train longer or with another recipe)",
+                )
+            )
+    return rows
+
+
 def _status(run: TrainingRun) -> str:
     status = run.summary.get("status")
     if status == "completed":
@@ -69,6 +86,16 @@ def _status(run: TrainingRun) -> str:
     if status == "failed":
         return f"failed: {run.summary.get('error', '')}"
     return "not finished (no metrics.json): stopped, or still training"
+
+
+def _entry_scores(class_names: list[str], gallery: Gallery | None) -> list[Score]:
+    """The scores each gallery image shows: the one it is ranked by first, then pixel error, Dice per class
+    and Rand error."""
+    shown = [PIXEL_ERROR, *(dice_of(n) for n in class_names), RAND_ERROR]
+    if gallery is None:
+        return shown
+    ranked = next((s for s in validation_scores(class_names) if s.key == gallery.ranked_by), None)
+    return shown if ranked is None or ranked in shown else [ranked, *shown]
 
 
 def current_curves(run: TrainingRun, class_names: list[str], monitor: str) -> bytes:
@@ -104,8 +131,6 @@ def write_run_report(run_dir: Path, gallery_limit: int | None = None, device: st
             gallery = build_gallery(run, gallery_limit, device)
         except (UserError, OSError) as error:
             gallery_note = str(error)
-    if gallery_note:
-        log.warning("report without gallery: %s", gallery_note)
 
     html = render(
         "run.html.j2",
@@ -114,13 +139,13 @@ def write_run_report(run_dir: Path, gallery_limit: int | None = None, device: st
         run_name=run_title(run.path),
         status=_status(run),
         overrides=run.overrides,
-        glance=_glance(run),
+        glance=_warnings(run, class_names) + _glance(run),
         curves=png_uri(curves),
         scores=validation_scores(class_names),
         figures=figures,
         gallery=gallery,
         gallery_note=gallery_note,
-        entry_scores=[PIXEL_ERROR, *(dice_of(n) for n in class_names), RAND_ERROR],
+        entry_scores=_entry_scores(class_names, gallery),
     )
     target = run.path / "report.html"
     write_page(target, html)

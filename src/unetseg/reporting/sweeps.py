@@ -46,6 +46,7 @@ def job_row(job_dir: Path) -> dict[str, Any]:
     overrides = OmegaConf.to_container(OmegaConf.load(overrides_file)) if overrides_file.is_file() else []
     row: dict[str, Any] = {
         "job": job_dir.name,
+        "override_list": [str(o) for o in overrides or []],
         "overrides": " ".join(map(str, overrides or [])),
         "run_dir": str(job_dir),
     }
@@ -103,16 +104,24 @@ def best_job(rows: list[dict[str, Any]]) -> str | None:
     return pick(scored, key=lambda r: r["best_monitored"])["job"]
 
 
+def differing_overrides(rows: list[dict[str, Any]]) -> dict[str, str]:
+    """Each job's overrides without those every job shares: what tells the jobs apart."""
+    lists = [row.get("override_list", []) for row in rows]
+    shared = set.intersection(*(set(overrides) for overrides in lists)) if len(lists) > 1 else set()
+    return {row["job"]: " ".join(o for o in row.get("override_list", []) if o not in shared) for row in rows}
+
+
 def write_sweep_chart(sweep_dir: Path, rows: list[dict[str, Any]], monitor: str) -> bytes:
     """sweep.png beside summary.csv: every job's monitored score per epoch, and its best as a bar."""
     jobs = []
+    differing = differing_overrides(rows)
     for row in rows:
         try:
             history = read_history(Path(row["run_dir"]) / "metrics.jsonl")
         except UserError:
             history = []
-        label = f"{row['job']}: {row['overrides'] or '(no overrides)'}"
-        jobs.append(SweepJob(label, history, row.get("best_monitored")))
+        label = f"{row['job']}: {differing[row['job']] or '(no overrides of its own)'}"
+        jobs.append(SweepJob(row["job"], label, history, row.get("best_monitored")))
     png = sweep_curves(jobs, monitor)
     write_bytes_atomic(sweep_dir / "sweep.png", png)
     return png

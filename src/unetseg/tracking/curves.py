@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from unetseg.io.atomic import write_bytes_atomic
 from unetseg.runtime.console import console
-from unetseg.scoring.names import LOSS, PIXEL_ERROR, RAND_ERROR, Score, dice_of, lower_is_better
+from unetseg.scoring.names import DICE, LOSS, PIXEL_ERROR, RAND_ERROR, Score, dice_of, lower_is_better
 from unetseg.tracking.history import best_epoch, read_history, run_title, series
 
 if TYPE_CHECKING:
@@ -53,7 +53,7 @@ def run_curves(history: list[dict[str, Any]], class_names: Sequence[str], monito
         (
             "Dice per class (validation)",
             "Dice (higher is better)",
-            [(dice_of(n).key, n) for n in class_names],
+            [*((dice_of(n).key, n) for n in class_names), (DICE.key, "mean")],
             "lower right",
         ),
         ("pixel error (validation)", "fraction of pixels wrong", [(PIXEL_ERROR.key, "pixel error")], "upper right"),
@@ -131,7 +131,8 @@ class CurvesFile:
 class SweepJob:
     """One job of a sweep as the chart shows it."""
 
-    label: str  # the job's overrides
+    job: str  # its number: the bar's label
+    label: str  # the number and the overrides that set it apart: the curve's legend
     history: list[dict[str, Any]]
     best: float | None  # its best monitored value (None: failed or missing)
 
@@ -155,8 +156,8 @@ def sweep_curves(jobs: Sequence[SweepJob], monitor: str) -> bytes:
     curves_axis.set_ylabel(monitor)
     curves_axis.grid(alpha=0.3)
     if any(job.history for job in jobs):
-        curves_axis.legend(fontsize=8, loc="upper right")
-    labels = [job.label for job in jobs]
+        curves_axis.legend(fontsize=8, loc="upper right" if score.lower_is_better else "lower right")
+    labels = [f"job {job.job}" for job in jobs]
     values = [job.best if job.best is not None else 0.0 for job in jobs]
     colours = ["tab:blue" if job.best is not None else "tab:red" for job in jobs]
     positions = list(range(len(jobs)))

@@ -57,6 +57,9 @@ class RunLogger:
 
     def log_pictures(self, epoch: int, pictures: Mapping[str, np.ndarray]) -> None: ...
 
+    def log_best(self, epoch: int, values: Mapping[str, float]) -> None:
+        """The figures of the epoch best.pt holds (what runs should be compared by)."""
+
     def log_files(self, paths: Sequence[Path]) -> None: ...
 
     def close(self, status: str) -> None: ...
@@ -145,6 +148,9 @@ class MlflowLogger(RunLogger):
     def log_epoch(self, epoch: int, values: Mapping[str, float]) -> None:
         self._metrics(epoch, values)
 
+    def log_best(self, epoch: int, values: Mapping[str, float]) -> None:
+        self._metrics(epoch, {"best_epoch": epoch, **{f"best_{key}": value for key, value in values.items()}})
+
     def log_files(self, paths: Sequence[Path]) -> None:
         for path in paths:
             if path.is_file():
@@ -190,6 +196,9 @@ class Loggers:
 
     def log_pictures(self, epoch: int, pictures: Mapping[str, np.ndarray]) -> None:
         self._each(lambda logger: logger.log_pictures(epoch, pictures))
+
+    def log_best(self, epoch: int, values: Mapping[str, float]) -> None:
+        self._each(lambda logger: logger.log_best(epoch, values))
 
     def log_files(self, paths: Sequence[Path]) -> None:
         self._each(lambda logger: logger.log_files(paths))
