@@ -135,7 +135,10 @@ def write_sweep_report(sweep_dir: Path) -> tuple[Path, list[dict[str, Any]]]:
     monitor = score_rows(rows)
     png = write_sweep_chart(sweep_dir, rows, monitor)
     best = best_job(rows)
+    differing = differing_overrides(rows)
+    shared = [o for o in rows[0].get("override_list", []) if all(o in r.get("override_list", []) for r in rows)]
     for row in rows:
+        row["differing"] = differing[row["job"]]
         report = Path(row["run_dir"]) / "report.html"
         row["report"] = f"{row['job']}/report.html" if report.is_file() else None
         row["kind"] = "best" if row["job"] == best else ("" if row["status"] == "completed" else "failed")
@@ -148,6 +151,7 @@ def write_sweep_report(sweep_dir: Path) -> tuple[Path, list[dict[str, Any]]]:
         rows=rows,
         monitor=monitor,
         best=best,
+        shared=" ".join(shared) if len(rows) > 1 else "",
         chart=png_uri(png),
     )
     target = sweep_dir / "report.html"
