@@ -12,13 +12,13 @@ from dataclasses import dataclass
 from unetseg.data.dataset import load_splits
 from unetseg.inference.predictor import Predictor
 from unetseg.model.checkpoint import load_checkpoint
-from unetseg.reporting.pages import png_uri
+from unetseg.reporting.pages import jpeg_uri, png_uri
 from unetseg.reporting.run_dir import TrainingRun
 from unetseg.runtime.device import resolve_device
 from unetseg.runtime.precision import choose_fast_path
 from unetseg.scoring.board import image_scores
 from unetseg.scoring.names import DICE, LOSS, lower_is_better
-from unetseg.tracking.pictures import panels, positive_class, rgb_png, thumbnail
+from unetseg.tracking.pictures import panels, positive_class, rgb_jpeg, rgb_png, thumbnail
 
 DEFAULT_IMAGES = 50  # gallery images of a run whose config does not say (trainer.report_images)
 PICTURE_SIDE = 320  # pixels: the longer side of each gallery picture (larger images are shrunk) ...
@@ -82,7 +82,11 @@ def build_gallery(run: TrainingRun, limit: int, device: str = "auto") -> Gallery
         }
         height, width = pictures["input"].shape[:2]
         zoom = max(1.0, MIN_SHOWN_SIDE / max(height, width))
-        uris = {what: png_uri(rgb_png(picture)) for what, picture in pictures.items()}
+        # Class maps stay exact (PNG); the input and the error map, mostly microscope texture, go as JPEG.
+        uris = {
+            what: png_uri(rgb_png(picture)) if what in ("label", "prediction") else jpeg_uri(rgb_jpeg(picture))
+            for what, picture in pictures.items()
+        }
         entry = GalleryEntry(name, scores, uris, round(width * zoom), round(height * zoom))
         item = (rank, -index, entry)  # ties: the earlier image counts as worse
         if len(worst) < limit:

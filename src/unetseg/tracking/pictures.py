@@ -80,3 +80,11 @@ def thumbnail(rgb: np.ndarray, max_side: int) -> np.ndarray:
 def rgb_png(rgb: np.ndarray) -> bytes:
     """PNG bytes of an (H, W, 3) RGB uint8 picture."""
     return encode_png(np.ascontiguousarray(rgb[:, :, ::-1]))  # OpenCV writes BGR
+
+
+def rgb_jpeg(rgb: np.ndarray, quality: int = 90) -> bytes:
+    """JPEG bytes of an (H, W, 3) RGB uint8 picture: microscope texture costs a PNG about 5× more."""
+    ok, encoded = cv2.imencode(".jpg", np.ascontiguousarray(rgb[:, :, ::-1]), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise RuntimeError("OpenCV could not encode a JPEG")
+    return encoded.tobytes()
