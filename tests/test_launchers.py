@@ -25,15 +25,24 @@ def test_joblib_launcher_runs_jobs_in_parallel_and_the_summary_works(tmp_path: P
         f"data.root={dataset}",
         *TINY,
         "trainer.epochs=2",
+        "trainer.loggers=[mlflow]",  # both jobs open one new MLflow store at once
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "logging failed" not in result.stdout
     (sweep_dir,) = list((tmp_path / "outputs" / "sweep").iterdir())
     rows = list(csv.DictReader((sweep_dir / "summary.csv").open()))
     assert [r["status"] for r in rows] == ["completed", "completed"]
     jobs = [json.loads((sweep_dir / r["job"] / "metrics.json").read_text())["process"] for r in rows]
     assert jobs[0]["pid"] != jobs[1]["pid"]  # each job in its own worker process ...
     assert jobs[0]["started_unix"] < jobs[1]["finished_unix"] and jobs[1]["started_unix"] < jobs[0]["finished_unix"]
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("unetseg")
+    assert experiment is not None
+    runs = client.search_runs([experiment.experiment_id])
+    assert sorted((r.info.run_name, r.info.status) for r in runs) == [("0", "FINISHED"), ("1", "FINISHED")]
 
 
 def test_slurm_launcher_config_composes(tmp_path: Path) -> None:

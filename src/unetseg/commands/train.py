@@ -26,12 +26,15 @@ from unetseg.training.trainer import Trainer
 log = logging.getLogger(__name__)
 
 
-def start_loggers(cfg: TrainConfig, run_dir: Path, tree: dict[str, Any]) -> Loggers:
-    """The loggers trainer.loggers names, with the composed config as parameters."""
+def start_loggers(cfg: TrainConfig, run_dir: Path, tree: dict[str, Any], resumed_from: Path | None) -> Loggers:
+    """The loggers trainer.loggers names, with the composed config as parameters (a resumed run names the
+    checkpoint it continues, so its logged run can be tied to the earlier one)."""
     t = cfg.trainer
     if not t.loggers:
         return Loggers()
     tags = {"unetseg.run_dir": str(run_dir.resolve())}
+    if resumed_from is not None:
+        tags["unetseg.resumed_from"] = str(resumed_from.resolve())
     names = [name.value for name in t.loggers]
     loggers = open_loggers(names, run_dir, user_path(cfg.runs_root), t.mlflow_tracking_uri, t.mlflow_experiment, tags)
     loggers.log_params(flatten(tree))
@@ -43,7 +46,7 @@ def train(cfg: TrainConfig, run_dir: Path) -> dict[str, Any]:
     tree = OmegaConf.to_container(OmegaConf.structured(cfg), enum_to_str=True)
     console.print(config_tree(tree, title="unetseg train"))  # type: ignore[arg-type]
     console.print(f"run directory: {run_dir}")
-    trainer = Trainer(cfg, run_dir, lambda: start_loggers(cfg, run_dir, tree))  # type: ignore[arg-type]
+    trainer = Trainer(cfg, run_dir, lambda: start_loggers(cfg, run_dir, tree, trainer.resumed_from))  # type: ignore[arg-type]
     try:
         result = trainer.fit()
     except BaseException as error:  # Ctrl-C, a crash: the logged run says so

@@ -13,11 +13,12 @@ dropped, and training goes on. Only the main process of a torchrun job logs (the
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -107,14 +108,20 @@ class MlflowLogger(RunLogger):
 
         logging.getLogger("mlflow").setLevel(logging.WARNING)  # its INFO lines about creating tables
         logging.getLogger("alembic").setLevel(logging.WARNING)
-        artifact_location = None
+        artifact_location, lock = None, contextlib.nullcontext()
         if tracking_uri is None:
             store = (runs_root.parent / "mlruns").resolve()
             store.mkdir(parents=True, exist_ok=True)
             tracking_uri = f"sqlite:///{store / 'mlflow.db'}"
             artifact_location = (store / "artifacts").as_uri()
+            # Parallel sweep jobs opening a new store at once would race to create its tables.
+            lock = exclusive_lock(store / ".unetseg.lock")
         self.tracking_uri = tracking_uri
-        self.client = MlflowClient(tracking_uri)
+        with lock:
+            self.client = MlflowClient(tracking_uri)
+            self.run_id = self._start_run(experiment, artifact_location, run_name, tags)
+
+    def _start_run(self, experiment: str, artifact_location: str | None, run_name: str, tags: dict[str, str]) -> str:
         found = self.client.get_experiment_by_name(experiment)
         if found is None:
             try:
@@ -126,7 +133,7 @@ class MlflowLogger(RunLogger):
                 experiment_id = found.experiment_id
         else:
             experiment_id = found.experiment_id
-        self.run_id = self.client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
+        return str(self.client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id)
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         from mlflow.entities import Param
@@ -206,6 +213,22 @@ class Loggers:
     def close(self, status: str) -> None:
         self._each(lambda logger: logger.close(status))
         self.loggers.clear()
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: Path) -> Iterator[None]:
+    """Hold an advisory lock on ``path`` (POSIX flock; no lock where there is none, e.g. Windows)."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def drop(name: str, error: BaseException) -> None:
