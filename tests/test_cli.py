@@ -186,6 +186,8 @@ def test_a_failing_sweep_job_does_not_stop_the_others(tmp_path: Path, dataset: P
     assert "sweep summary" in result.stdout and "1 job(s) failed" in result.stdout
     html = (only_run_dir(tmp_path, "sweep") / "report.html").read_text()
     assert html.count('<tr class="failed" data-job="0">') == 1 and '<tr class="best" data-job="1">' in html
+    failed_job = run_cli("report", str(only_run_dir(tmp_path, "sweep") / "0"), cwd=tmp_path)
+    assert_one_line_error(failed_job, "failed before its first epoch", "2.png")
 
 
 def test_shell_completion_offers_model_options(tmp_path: Path) -> None:

@@ -8,9 +8,12 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tarfile
+import threading
+import time
 from pathlib import Path
 
 import cv2
@@ -261,3 +264,37 @@ def test_an_unreachable_tracking_server_does_not_stop_training(tmp_path: Path) -
     assert result.stdout.count("mlflow logging failed") == 1 and "training goes on" in result.stdout
     assert (tmp_path / "run" / "checkpoints" / "best.pt").is_file()
     assert list((tmp_path / "run" / "tensorboard").iterdir())  # the other logger went on
+
+
+def test_a_silent_tracking_server_costs_one_timeout(tmp_path: Path) -> None:
+    """A server that accepts connections and never answers: the logger gives up after one 10-s timeout."""
+    from unetseg.tracking.loggers import open_loggers
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    accepted: list[socket.socket] = []
+    threading.Thread(target=lambda: accepted.extend(server.accept() for _ in range(8)), daemon=True).start()
+    uri = f"http://127.0.0.1:{server.getsockname()[1]}"
+    started = time.perf_counter()
+    loggers = open_loggers(["mlflow"], tmp_path / "run", tmp_path / "outputs", uri, "unetseg", {})
+    assert not loggers.active and time.perf_counter() - started < 30
+    server.close()
+
+
+def test_resume_after_a_cut_metrics_line_keeps_one_epoch_per_line(trained: Path, tmp_path: Path) -> None:
+    run = tmp_path / "cut"
+    shutil.copytree(trained / "run", run, ignore=shutil.ignore_patterns("tensorboard"))
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    (run / "metrics.jsonl").write_text(lines[0] + "\n" + lines[1][:30])  # epoch 2 cut short by a crash
+    result = run_cli(
+        "train",
+        *RUN,
+        f"data.root={trained / 'data'}",
+        "trainer.epochs=3",
+        f"trainer.resume={run / 'checkpoints' / 'last.pt'}",
+        "hydra.run.dir=resumed",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert [record["epoch"] for record in epochs_of(tmp_path / "resumed")] == [1, 3]

@@ -21,7 +21,7 @@ from unetseg.runtime.console import config_tree, console
 from unetseg.runtime.distributed import current_world, gather_objects
 from unetseg.runtime.paths import user_path
 from unetseg.tracking.loggers import Loggers, flatten, open_loggers
-from unetseg.training.trainer import Trainer
+from unetseg.training.trainer import Trainer, TrainResult
 
 log = logging.getLogger(__name__)
 
@@ -46,13 +46,23 @@ def train(cfg: TrainConfig, run_dir: Path) -> dict[str, Any]:
     tree = OmegaConf.to_container(OmegaConf.structured(cfg), enum_to_str=True)
     console.print(config_tree(tree, title="unetseg train"))  # type: ignore[arg-type]
     console.print(f"run directory: {run_dir}")
-    trainer = Trainer(cfg, run_dir, lambda: start_loggers(cfg, run_dir, tree, trainer.resumed_from))  # type: ignore[arg-type]
+
+    def open_loggers_for(resumed_from: Path | None) -> Loggers:
+        return start_loggers(cfg, run_dir, tree, resumed_from)  # type: ignore[arg-type]
+
+    trainer = Trainer(cfg, run_dir, open_loggers_for)
     try:
         result = trainer.fit()
-    except BaseException as error:  # Ctrl-C, a crash: the logged run says so
+        summary = finish(cfg, run_dir, result, started, trainer.loggers)
+    except BaseException as error:  # Ctrl-C or a crash, in training or after it: the logged run says so
         trainer.loggers.close("KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
         raise
-    loggers = trainer.loggers
+    trainer.loggers.close("FINISHED")
+    return summary
+
+
+def finish(cfg: TrainConfig, run_dir: Path, result: TrainResult, started: float, loggers: Loggers) -> dict[str, Any]:
+    """metrics.json, report.html and the loggers' last records (on the main process); the closing lines."""
     world = current_world()
     if world.distributed:
         ranks_best = gather_objects(result.best)  # the all-reduced metrics must agree on every rank
@@ -86,6 +96,20 @@ def train(cfg: TrainConfig, run_dir: Path) -> dict[str, Any]:
         summary["world_size"] = world.size
         summary["best_per_rank"] = ranks_best
     write_text_atomic(run_dir / "metrics.json", json.dumps(summary, indent=2))
+    report = write_report(cfg, run_dir)
+    loggers.log_best(result.best_epoch, result.best)
+    loggers.log_files([result.best_checkpoint, report, run_dir / "curves.png"])
+    best = result.best.get(cfg.trainer.monitor)  # none when the monitored score was never defined (NaN)
+    best_text = f"{cfg.trainer.monitor} {best:.4f}" if best is not None else f"{cfg.trainer.monitor} never defined"
+    console.print(f"best checkpoint: {result.best_checkpoint} (epoch {result.best_epoch}, {best_text})")
+    console.print(f"last checkpoint: {result.last_checkpoint}")
+    console.print(f"metrics: {run_dir / 'metrics.jsonl'} (per epoch), {run_dir / 'metrics.json'} (summary)")
+    console.print(f"curves: {run_dir / 'curves.png'} · report: {report}")
+    return summary
+
+
+def write_report(cfg: TrainConfig, run_dir: Path) -> Path:
+    """report.html; a failure is a warning: the trained model matters more than its report."""
     report = run_dir / "report.html"
     try:
         report_started = time.perf_counter()
@@ -94,21 +118,11 @@ def train(cfg: TrainConfig, run_dir: Path) -> dict[str, Any]:
         if gallery_note:
             console.print(f"[yellow]warning:[/] the report has no gallery: {gallery_note}")
             log.warning("the report has no gallery: %s", gallery_note)
-    except Exception as error:  # the trained model matters more than its report
+    except Exception as error:
         console.print(
             f"[yellow]warning:[/] no report ({type(error).__name__}: {error}); retry: unetseg report {run_dir}"
         )
-    loggers.log_best(result.best_epoch, result.best)
-    loggers.log_files([result.best_checkpoint, report, run_dir / "curves.png"])
-    loggers.close("FINISHED")
-    console.print(
-        f"best checkpoint: {result.best_checkpoint} (epoch {result.best_epoch}, "
-        f"{cfg.trainer.monitor} {result.best[cfg.trainer.monitor]:.4f})"
-    )
-    console.print(f"last checkpoint: {result.last_checkpoint}")
-    console.print(f"metrics: {run_dir / 'metrics.jsonl'} (per epoch), {run_dir / 'metrics.json'} (summary)")
-    console.print(f"curves: {run_dir / 'curves.png'} · report: {report}")
-    return summary
+    return report
 
 
 def main(argv: list[str]) -> None:

@@ -57,6 +57,22 @@ def copy_atomic(source: Path, target: Path) -> None:
         shutil.copyfileobj(reader, handle)
 
 
+@contextmanager
+def exclusive_lock(path: Path) -> Iterator[None]:
+    """Hold an advisory lock on ``path`` (POSIX flock; no lock where there is none, e.g. Windows)."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def refuse_to_overwrite(paths: Sequence[Path], overwrite: bool) -> None:
     """The one overwrite check: outputs that exist are replaced only with overwrite=true. Called before any
     slow work, so that a refusal comes at once."""

@@ -56,10 +56,13 @@ def is_run_dir(path: Path) -> bool:
     return (path / "metrics.jsonl").is_file() or (path / "checkpoints").is_dir()
 
 
+def job_dirs(sweep_dir: Path) -> list[Path]:
+    """The job folders (0, 1, ...) of a sweep, in job order."""
+    return sorted((p for p in sweep_dir.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
+
+
 def is_sweep_dir(path: Path) -> bool:
-    return (path / "multirun.yaml").is_file() or any(
-        child.is_dir() and child.name.isdigit() and is_run_dir(child) for child in path.iterdir()
-    )
+    return (path / "multirun.yaml").is_file() or any(is_run_dir(job) for job in job_dirs(path))
 
 
 def load_run(path: Path) -> TrainingRun:
@@ -67,6 +70,11 @@ def load_run(path: Path) -> TrainingRun:
     UserError naming what is missing."""
     if not path.is_dir():
         raise UserError(f"{path} is not a folder: give a training run directory (outputs/train/<run>)")
+    summary = read_summary(path)
+    if not is_run_dir(path) and summary.get("status") == "failed":
+        raise UserError(
+            f"{path} is a job that failed before its first epoch: {summary.get('error', 'no error recorded')}"
+        )
     if not is_run_dir(path):
         raise UserError(
             f"{path} is not a training run (no metrics.jsonl, no checkpoints/): give outputs/train/<run> "
@@ -83,4 +91,4 @@ def load_run(path: Path) -> TrainingRun:
         cwd = OmegaConf.select(OmegaConf.load(hydra_file), "hydra.runtime.cwd", default=None)
         if cwd and Path(cwd).is_dir():
             launch_dir = Path(cwd)
-    return TrainingRun(path, config, overrides, launch_dir, read_history(path / "metrics.jsonl"), read_summary(path))
+    return TrainingRun(path, config, overrides, launch_dir, read_history(path / "metrics.jsonl"), summary)

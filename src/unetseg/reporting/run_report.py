@@ -7,6 +7,7 @@ from datetime import datetime
 from pathlib import Path
 
 from unetseg import __version__
+from unetseg.io.atomic import write_bytes_atomic
 from unetseg.reporting.gallery import DEFAULT_IMAGES, Gallery, build_gallery
 from unetseg.reporting.pages import duration, number, png_uri, render, write_page
 from unetseg.reporting.run_dir import TrainingRun, load_run
@@ -14,6 +15,7 @@ from unetseg.runtime.errors import UserError
 from unetseg.scoring.names import DICE, PIXEL_ERROR, RAND_ERROR, Score, dice_of, validation_scores
 from unetseg.tracking.curves import run_curves
 from unetseg.tracking.history import best_epoch, run_title
+from unetseg.tracking.pictures import FALSE_FOREGROUND, MISSED_FOREGROUND
 
 
 def _glance(run: TrainingRun) -> list[tuple[str, str]]:
@@ -100,11 +102,13 @@ def _entry_scores(class_names: list[str], gallery: Gallery | None) -> list[Score
 
 def current_curves(run: TrainingRun, class_names: list[str], monitor: str) -> bytes:
     """curves.png if it shows every epoch of metrics.jsonl (it is drawn within a time budget, and a stopped
-    run may have epochs it does not show), else the curves drawn afresh."""
+    run may have epochs it does not show), else the curves drawn afresh and written there."""
     curves_file, history_file = run.path / "curves.png", run.path / "metrics.jsonl"
     if curves_file.is_file() and curves_file.stat().st_mtime >= history_file.stat().st_mtime:
         return curves_file.read_bytes()
-    return run_curves(run.history, class_names, monitor, run_title(run.path))
+    png = run_curves(run.history, class_names, monitor, run_title(run.path))
+    write_bytes_atomic(curves_file, png)  # the run's own curves.png, brought up to date
+    return png
 
 
 def write_run_report(run_dir: Path, gallery_limit: int | None = None, device: str = "auto") -> tuple[Path, str]:
@@ -146,6 +150,8 @@ def write_run_report(run_dir: Path, gallery_limit: int | None = None, device: st
         gallery=gallery,
         gallery_note=gallery_note,
         entry_scores=_entry_scores(class_names, gallery),
+        false_foreground="rgb({},{},{})".format(*FALSE_FOREGROUND),
+        missed_foreground="rgb({},{},{})".format(*MISSED_FOREGROUND),
     )
     target = run.path / "report.html"
     write_page(target, html)

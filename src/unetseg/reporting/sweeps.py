@@ -14,7 +14,8 @@ from omegaconf import OmegaConf
 
 from unetseg import __version__
 from unetseg.io.atomic import write_bytes_atomic, write_text_atomic
-from unetseg.reporting.pages import png_uri, render
+from unetseg.reporting.pages import png_uri, render, write_page
+from unetseg.reporting.run_dir import job_dirs
 from unetseg.runtime.errors import UserError
 from unetseg.scoring.names import DICE, IOU, lower_is_better
 from unetseg.tracking.curves import SweepJob, sweep_curves
@@ -35,11 +36,6 @@ COLUMNS = [
 ]
 
 
-def job_dirs(sweep_dir: Path) -> list[Path]:
-    """The job folders (0, 1, ...) of a sweep, in job order."""
-    return sorted((p for p in sweep_dir.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
-
-
 def job_row(job_dir: Path) -> dict[str, Any]:
     """One job as a row: its overrides, status and best figures (failed and unfinished jobs say so)."""
     overrides_file = job_dir / ".hydra" / "overrides.yaml"
@@ -57,8 +53,8 @@ def job_row(job_dir: Path) -> dict[str, Any]:
     row["error"] = summary.get("error", "")
     if row["status"] == "completed":
         row.update(
-            best_dice=round(summary["best"][DICE.key], 4),
-            best_iou=round(summary["best"][IOU.key], 4),
+            best_dice=round(summary["best"].get(DICE.key, math.nan), 4),
+            best_iou=round(summary["best"].get(IOU.key, math.nan), 4),
             best_epoch=summary["best_epoch"],
             epochs=summary["epochs"],
             parameters=summary["parameters"],
@@ -104,17 +100,18 @@ def best_job(rows: list[dict[str, Any]]) -> str | None:
     return pick(scored, key=lambda r: r["best_monitored"])["job"]
 
 
-def differing_overrides(rows: list[dict[str, Any]]) -> dict[str, str]:
-    """Each job's overrides without those every job shares: what tells the jobs apart."""
+def split_overrides(rows: list[dict[str, Any]]) -> tuple[list[str], dict[str, str]]:
+    """The overrides every job shares (none for a single job), and each job's others: what sets it apart."""
     lists = [row.get("override_list", []) for row in rows]
-    shared = set.intersection(*(set(overrides) for overrides in lists)) if len(lists) > 1 else set()
-    return {row["job"]: " ".join(o for o in row.get("override_list", []) if o not in shared) for row in rows}
+    common = set.intersection(*(set(overrides) for overrides in lists)) if len(lists) > 1 else set()
+    shared = [o for o in lists[0] if o in common] if lists else []
+    return shared, {row["job"]: " ".join(o for o in row.get("override_list", []) if o not in common) for row in rows}
 
 
 def write_sweep_chart(sweep_dir: Path, rows: list[dict[str, Any]], monitor: str) -> bytes:
     """sweep.png beside summary.csv: every job's monitored score per epoch, and its best as a bar."""
     jobs = []
-    differing = differing_overrides(rows)
+    _, differing = split_overrides(rows)
     for row in rows:
         try:
             history = read_history(Path(row["run_dir"]) / "metrics.jsonl")
@@ -135,8 +132,7 @@ def write_sweep_report(sweep_dir: Path) -> tuple[Path, list[dict[str, Any]]]:
     monitor = score_rows(rows)
     png = write_sweep_chart(sweep_dir, rows, monitor)
     best = best_job(rows)
-    differing = differing_overrides(rows)
-    shared = [o for o in rows[0].get("override_list", []) if all(o in r.get("override_list", []) for r in rows)]
+    shared, differing = split_overrides(rows)
     for row in rows:
         row["differing"] = differing[row["job"]]
         report = Path(row["run_dir"]) / "report.html"
@@ -151,11 +147,9 @@ def write_sweep_report(sweep_dir: Path) -> tuple[Path, list[dict[str, Any]]]:
         rows=rows,
         monitor=monitor,
         best=best,
-        shared=" ".join(shared) if len(rows) > 1 else "",
+        shared=" ".join(shared),
         chart=png_uri(png),
     )
     target = sweep_dir / "report.html"
-    write_bytes_atomic(
-        target, html.encode("utf-8", errors="replace")
-    )  # a non-UTF-8 file name costs a '?', not the page
+    write_page(target, html)
     return target, rows

@@ -95,10 +95,10 @@ def run_curves(history: list[dict[str, Any]], class_names: Sequence[str], monito
 
 
 class CurvesFile:
-    """A run's curves.png, redrawn after an epoch while drawing costs at most ``budget`` of the training
-    time so far (a drawing takes about 0.35 s on a 2-core CPU: after every epoch once epochs last 35 s or
-    more, every few epochs for shorter ones), and always at the end. A drawing that fails is reported once
-    and the curves are left as they are: they must never cost the run."""
+    """A run's curves.png, redrawn after an epoch while drawing costs at most ``budget`` of the run's time
+    so far, data loading included (a drawing takes about 0.4 s on a 2-core CPU: after every epoch once
+    epochs last 40 s or more, every few epochs for shorter ones), and always at the end. A drawing that
+    fails is reported once and the curves are left as they are: they must never cost the run."""
 
     def __init__(self, run_dir: Path, class_names: Sequence[str], monitor: str, budget: float = 0.01) -> None:
         self.path = run_dir / "curves.png"

@@ -18,12 +18,13 @@ import importlib.util
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from unetseg.io.atomic import exclusive_lock
 from unetseg.runtime.console import console
 from unetseg.runtime.errors import UserError
 
@@ -100,10 +101,12 @@ class TensorBoardLogger(RunLogger):
 class MlflowLogger(RunLogger):
     name = "mlflow"
 
-    def __init__(self, tracking_uri: str | None, experiment: str, runs_root: Path, run_name: str, tags: dict[str, str]):
-        # A tracking server that does not answer should cost seconds, not MLflow's default minutes of retries.
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+    def __init__(
+        self, tracking_uri: str | None, experiment: str, runs_root: Path, run_name: str, tags: dict[str, str]
+    ) -> None:
+        # A tracking server that does not answer costs one 10-s timeout, not MLflow's minutes of retries.
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
         from mlflow.tracking import MlflowClient
 
         logging.getLogger("mlflow").setLevel(logging.WARNING)  # its INFO lines about creating tables
@@ -213,22 +216,6 @@ class Loggers:
     def close(self, status: str) -> None:
         self._each(lambda logger: logger.close(status))
         self.loggers.clear()
-
-
-@contextlib.contextmanager
-def exclusive_lock(path: Path) -> Iterator[None]:
-    """Hold an advisory lock on ``path`` (POSIX flock; no lock where there is none, e.g. Windows)."""
-    try:
-        import fcntl
-    except ImportError:
-        yield
-        return
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def drop(name: str, error: BaseException) -> None:

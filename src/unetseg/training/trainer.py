@@ -28,7 +28,7 @@ from torch.nn.parallel import DistributedDataParallel
 from unetseg.config import TrainConfig
 from unetseg.data.dataset import LabelledImages, load_splits
 from unetseg.data.normalize import PercentileNormalizer
-from unetseg.io.atomic import copy_atomic
+from unetseg.io.atomic import copy_atomic, write_text_atomic
 from unetseg.model import build_network, count_parameters
 from unetseg.model.checkpoint import Checkpoint, find_checkpoint, load_checkpoint, save_checkpoint
 from unetseg.runtime.console import console, progress_bars
@@ -40,6 +40,7 @@ from unetseg.runtime.precision import choose_fast_path, maybe_compile
 from unetseg.scoring.names import LOSS, PIXEL_ERROR, RAND_ERROR, dice_of, lower_is_better
 from unetseg.scoring.tables import metrics_table
 from unetseg.tracking.curves import CurvesFile
+from unetseg.tracking.history import read_history
 from unetseg.tracking.loggers import Loggers
 from unetseg.tracking.pictures import panels, positive_class, thumbnail
 from unetseg.training.border_weights import border_weight_map
@@ -73,7 +74,9 @@ class Trainer:
     PREVIEWS = 3  # validation images a logger that takes pictures gets at each new best ...
     PREVIEW_SIDE = 256  # ... each panel shrunk to this many pixels: TensorBoard's PNG encoding stays cheap
 
-    def __init__(self, cfg: TrainConfig, run_dir: Path, open_loggers: Callable[[], Loggers] | None = None) -> None:
+    def __init__(
+        self, cfg: TrainConfig, run_dir: Path, open_loggers: Callable[[Path | None], Loggers] | None = None
+    ) -> None:
         self.cfg = cfg
         self.run_dir = run_dir
         # Opened once the data has loaded and a resume was checked: bad input must leave no logged run behind.
@@ -130,7 +133,7 @@ class Trainer:
         self.wrap_network()
         self.describe()
         if self.open_loggers is not None and self.world.is_main:
-            self.loggers = self.open_loggers()
+            self.loggers = self.open_loggers(self.resumed_from)
 
     def load_data(self) -> tuple[LabelledImages, LabelledImages]:
         """Training and validation images; the border weight maps when the loss uses them (computed once)."""
@@ -227,15 +230,23 @@ class Trainer:
         if self.world.is_main:
             source_run = self.resumed_from.parent.parent
             self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-            for source, target in (
-                (self.resumed_from.parent / "best.pt", self.checkpoint_dir / "best.pt"),
-                (source_run / "metrics.jsonl", self.metrics_path),
-            ):
-                if source.is_file():
-                    copy_atomic(source, target)
+            if (self.resumed_from.parent / "best.pt").is_file():
+                copy_atomic(self.resumed_from.parent / "best.pt", self.checkpoint_dir / "best.pt")
+            self.carry_over_history(source_run / "metrics.jsonl", resumed.epoch)
         console.print(f"resuming from {self.resumed_from} after epoch {resumed.epoch}")
         self.monitor, self.best = Monitor.from_state(state["monitor"]), dict(state["best"])
         self.epoch, self.first_epoch = resumed.epoch, resumed.epoch + 1
+
+    def carry_over_history(self, source: Path, epochs: int) -> None:
+        """The earlier run's complete metrics.jsonl lines up to the resumed epoch (a line cut short by a crash
+        is left out, so the next epoch's line starts on a line of its own)."""
+        if not source.is_file():
+            return
+        try:
+            records = [record for record in read_history(source) if record["epoch"] <= epochs]
+        except UserError:  # no complete epoch in it
+            records = []
+        write_text_atomic(self.metrics_path, "".join(json.dumps(record) + "\n" for record in records))
 
     # ---- one epoch ---------------------------------------------------------------------------------------
 
@@ -340,7 +351,8 @@ class Trainer:
     def report_epoch(self, improved: bool) -> None:
         monitor, epochs = self.monitor, self.cfg.trainer.epochs
         best_label = "best EMA" if monitor.ema else "best"
-        status = f"{monitor.key} {self.last[monitor.key]:.4f} ({best_label} {monitor.best:.4f}"
+        best = "–" if monitor.best is None else f"{monitor.best:.4f}"  # None: every value so far undefined (NaN)
+        status = f"{monitor.key} {self.last[monitor.key]:.4f} ({best_label} {best}"
         status += f" @ {monitor.best_epoch})"
         self.bars.epoch_done(status)
         line = f"epoch {self.epoch}/{epochs} · {epoch_line(self.last, self.class_names)}"
