@@ -20,6 +20,7 @@ pytestmark = pytest.mark.slow  # end-to-end: the real CLI in a subprocess (make 
     [
         (["trian"], ["unknown command 'trian'", "train"]),
         (["train", "optim.lrr=1"], ["optim.lrr", "did you mean optim.lr"]),
+        (["train", "trainer.lr=1e-3"], ["trainer.lr", "did you mean optim.lr?"]),  # the right name in another group
         (["train", "+optim.lrr=1"], ["optim.lrr", "no such key"]),
         (["train", "model=bilineer"], ["model=bilineer", "did you mean model=bilinear"]),
         (["train", "trainer.epochs=abc"], ["trainer.epochs", "Integer"]),

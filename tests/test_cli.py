@@ -272,3 +272,11 @@ def test_isbi_preset_trains_and_is_scored_on_the_held_out_slices(tmp_path: Path)
     metrics = json.loads((tmp_path / "scores" / "metrics.json").read_text())
     assert list(metrics["per_image"]) == ["20", "21", "22", "23", "24"]
     assert 0 <= metrics["mean"]["rand_error"] <= 1 and 0 <= metrics["mean"]["dice_membrane"] <= 1
+
+
+def test_save_last_false_keeps_only_the_best_checkpoint(tmp_path: Path) -> None:
+    result = run_cli("train", *TINY, "trainer.save_last=false", "hydra.run.dir=run", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["best.pt"]
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["checkpoint_last"] is None
+    assert "not kept (trainer.save_last=false" in result.stdout

@@ -202,6 +202,7 @@ class TrainerConfig:
     mlflow_tracking_uri: str | None = MISSING
     mlflow_experiment: str = MISSING
     report_images: int = MISSING
+    save_last: bool = MISSING
 
 
 @dataclass

@@ -94,8 +94,8 @@ def describe_config_error(command: str, error: Exception, base_cfg: DictConfig |
     if key_match or isinstance(cause, (ConfigKeyError, ConfigAttributeError)):
         full_key = key_match.group(1) if key_match else str(getattr(cause, "full_key", "") or "")
         candidates = _keys_under(base_cfg, full_key)
-        close = difflib.get_close_matches(full_key, candidates, n=1)
-        hint = f"did you mean {close[0]}? " if close else ""
+        close = closest_key(full_key, candidates, sorted(_dotted_keys(base_cfg)) if base_cfg is not None else [])
+        hint = f"did you mean {close}? " if close else ""
         known = f"keys there: {', '.join(sorted(candidates))}" if candidates else f"see: unetseg {command} --cfg job"
         return f"{full_key}: no such key; {hint}{known}"
     if isinstance(cause, ValidationError):
@@ -108,6 +108,17 @@ def describe_config_error(command: str, error: Exception, base_cfg: DictConfig |
     if lines and lines[0].startswith("Ambiguous value for argument"):
         return lines[0].rstrip(".") + ": add -m to sweep over the values, or quote a list as key=[a,b]"
     return " ".join(lines[:2]) if lines else type(error).__name__
+
+
+def closest_key(key: str, group_keys: list[str], all_keys: list[str]) -> str | None:
+    """The key a typo most likely meant: the same last name in another group first (``trainer.lr`` →
+    ``optim.lr``: the name was right, the group wrong), then a close spelling in the same group, then anywhere."""
+    leaf = key.rpartition(".")[2]
+    same_name = [k for k in all_keys if k.rpartition(".")[2] == leaf and k != key]
+    if same_name:
+        return same_name[0]
+    close = difflib.get_close_matches(key, group_keys, n=1) or difflib.get_close_matches(key, all_keys, n=1)
+    return close[0] if close else None
 
 
 def _dotted_keys(cfg: DictConfig, prefix: str = "") -> set[str]:

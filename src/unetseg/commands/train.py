@@ -84,7 +84,7 @@ def finish(cfg: TrainConfig, run_dir: Path, result: TrainResult, started: float,
         "data": result.data,
         "logging_s": {key: round(value, 3) for key, value in result.logging_s.items()},
         "checkpoint_best": str(result.best_checkpoint),
-        "checkpoint_last": str(result.last_checkpoint),
+        "checkpoint_last": str(result.last_checkpoint) if result.last_checkpoint else None,
     }
     summary["process"] = {
         "host": socket.gethostname(),
@@ -102,7 +102,7 @@ def finish(cfg: TrainConfig, run_dir: Path, result: TrainResult, started: float,
     best = result.best.get(cfg.trainer.monitor)  # none when the monitored score was never defined (NaN)
     best_text = f"{cfg.trainer.monitor} {best:.4f}" if best is not None else f"{cfg.trainer.monitor} never defined"
     console.print(f"best checkpoint: {result.best_checkpoint} (epoch {result.best_epoch}, {best_text})")
-    console.print(f"last checkpoint: {result.last_checkpoint}")
+    console.print(f"last checkpoint: {result.last_checkpoint or 'not kept (trainer.save_last=false: no resume)'}")
     console.print(f"metrics: {run_dir / 'metrics.jsonl'} (per epoch), {run_dir / 'metrics.json'} (summary)")
     console.print(f"curves: {run_dir / 'curves.png'} · report: {report}")
     return summary

@@ -64,7 +64,7 @@ class TrainResult:
     parameters: int
     wall_time_s: float
     best_checkpoint: Path
-    last_checkpoint: Path
+    last_checkpoint: Path | None  # None with trainer.save_last=false
     data: dict[str, Any]  # image counts and sizes, for the report
     precision: str
     logging_s: dict[str, float]  # time spent drawing curves and in the loggers (and their pictures)
@@ -315,10 +315,12 @@ class Trainer:
         self.report_epoch(improved)
 
     def save_checkpoints(self, improved: bool) -> None:
-        """best.pt when the monitored score improved; last.pt (with the training state) every epoch."""
+        """best.pt when the monitored score improved; last.pt (with the training state) every epoch, unless
+        trainer.save_last=false."""
         if improved:
             save_checkpoint(self.checkpoint(), self.checkpoint_dir / "best.pt")
-        save_checkpoint(self.checkpoint(self.training_state()), self.checkpoint_dir / "last.pt")
+        if self.cfg.trainer.save_last:
+            save_checkpoint(self.checkpoint(self.training_state()), self.checkpoint_dir / "last.pt")
 
     def append_metrics(self, improved: bool) -> dict[str, Any]:
         """One line of metrics.jsonl per epoch; returns it."""
@@ -388,7 +390,7 @@ class Trainer:
             parameters=self.parameters,
             wall_time_s=time.perf_counter() - self.started,
             best_checkpoint=self.checkpoint_dir / "best.pt",
-            last_checkpoint=self.checkpoint_dir / "last.pt",
+            last_checkpoint=self.checkpoint_dir / "last.pt" if self.cfg.trainer.save_last else None,
             data=self.data_facts(),
             precision=self.fast.describe(),
             logging_s={"curves": self.curves.drawing_s, "loggers": self.loggers.spent_s + self.pictures_s},
