@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -298,3 +299,20 @@ def test_resume_after_a_cut_metrics_line_keeps_one_epoch_per_line(trained: Path,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert [record["epoch"] for record in epochs_of(tmp_path / "resumed")] == [1, 3]
+
+
+def test_ctrl_c_mid_training_is_one_line_and_leaves_a_reportable_run(tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "unetseg", "train", *TINY, "trainer.epochs=500", "hydra.run.dir=run"]
+    process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while not (metrics.is_file() and metrics.read_text().count("\n") >= 2) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130 and "Traceback" not in stderr
+    assert stderr.strip().splitlines() == ["unetseg train: interrupted; the files already written are complete"]
+    assert (tmp_path / "run" / "checkpoints" / "last.pt").is_file()
+    result = run_cli("report", str(tmp_path / "run"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "not finished" in (tmp_path / "run" / "report.html").read_text()

@@ -79,13 +79,17 @@ def main(argv: list[str] | None = None) -> None:
         _complete(args)
         return
     command, rest = args[0], args[1:]
-    if command not in COMMANDS:
-        close = difflib.get_close_matches(command, COMMANDS, n=1)
-        hint = f"did you mean '{close[0]}'? " if close else ""
-        print(
-            f"unetseg: error: unknown command '{command}': {hint}choose one of {', '.join(COMMANDS)} "
-            "(see unetseg --help)",
-            file=sys.stderr,
-        )
-        sys.exit(2)
-    _dispatch(command, rest)
+    if command in COMMANDS:
+        try:
+            _dispatch(command, rest)
+        except KeyboardInterrupt:  # Ctrl-C: one line, not a traceback; every file is written atomically
+            print(f"unetseg {command}: interrupted; the files already written are complete", file=sys.stderr)
+            sys.exit(130)
+        return
+    close = difflib.get_close_matches(command, COMMANDS, n=1)
+    hint = f"did you mean '{close[0]}'? " if close else ""
+    print(
+        f"unetseg: error: unknown command '{command}': {hint}choose one of {', '.join(COMMANDS)} (see unetseg --help)",
+        file=sys.stderr,
+    )
+    sys.exit(2)

@@ -46,15 +46,14 @@ def report(folder: Path, images: int | None, device: str) -> Path:
     resolve_device(device)  # an explicit device that is not here is an error, not a report without gallery
     if not folder.is_dir():
         raise UserError(f"{folder} is not a folder: give a training run (outputs/train/<run>) or a sweep folder")
-    runs = sorted((p for p in folder.iterdir() if p.is_dir() and is_run_dir(p)), key=lambda p: p.stat().st_mtime)
-    if not is_run_dir(folder) and not is_sweep_dir(folder) and runs:
-        raise UserError(
-            f"{folder} holds training runs, it is not one: give one of them, e.g. unetseg report {runs[-1]}"
-        )
-    if not is_run_dir(folder) and is_sweep_dir(folder):
-        path, rows = write_sweep_report(folder)
-        console.print(f"sweep report ({len(rows)} jobs): {path}")
-        return path
+    if not is_run_dir(folder):
+        if is_sweep_dir(folder):
+            path, rows = write_sweep_report(folder)
+            console.print(f"sweep report ({len(rows)} jobs): {path}")
+            return path
+        runs = sorted((p for p in folder.iterdir() if p.is_dir() and is_run_dir(p)), key=lambda p: p.stat().st_mtime)
+        if runs:
+            raise UserError(f"{folder} holds training runs, it is not one: give one, e.g. unetseg report {runs[-1]}")
     path, gallery_note = write_run_report(folder, images, device)
     if gallery_note:
         console.print(f"[yellow]report without the gallery:[/] {gallery_note}")

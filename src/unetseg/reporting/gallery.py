@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from unetseg.data.dataset import load_splits
 from unetseg.inference.predictor import Predictor
 from unetseg.model.checkpoint import load_checkpoint
-from unetseg.reporting.pages import jpeg_uri, png_uri
+from unetseg.reporting.pages import data_uri
 from unetseg.reporting.run_dir import TrainingRun
 from unetseg.runtime.device import resolve_device
 from unetseg.runtime.precision import choose_fast_path
@@ -29,7 +29,7 @@ MIN_SHOWN_SIDE = 200  # ... and smaller ones are shown enlarged to this, pixels 
 class GalleryEntry:
     name: str
     scores: dict[str, float]
-    pictures: dict[str, str]  # input / label / prediction / errors → data: URI of a PNG
+    pictures: dict[str, str]  # input / label / prediction / errors → data: URI of a PNG or JPEG
     width: int  # shown size, pixels
     height: int
 
@@ -84,7 +84,7 @@ def build_gallery(run: TrainingRun, limit: int, device: str = "auto") -> Gallery
         zoom = max(1.0, MIN_SHOWN_SIDE / max(height, width))
         # Class maps stay exact (PNG); the input and the error map, mostly microscope texture, go as JPEG.
         uris = {
-            what: png_uri(rgb_png(picture)) if what in ("label", "prediction") else jpeg_uri(rgb_jpeg(picture))
+            what: data_uri(rgb_png(picture)) if what in ("label", "prediction") else data_uri(rgb_jpeg(picture), "jpeg")
             for what, picture in pictures.items()
         }
         entry = GalleryEntry(name, scores, uris, round(width * zoom), round(height * zoom))

@@ -34,12 +34,9 @@ def duration(seconds: Any) -> str:
     return f"{hours} h {minutes:02d} min" if hours else (f"{minutes} min {rest:02d} s" if minutes else f"{rest} s")
 
 
-def png_uri(png: bytes) -> str:
-    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
-
-
-def jpeg_uri(jpeg: bytes) -> str:
-    return "data:image/jpeg;base64," + base64.b64encode(jpeg).decode("ascii")
+def data_uri(data: bytes, kind: str = "png") -> str:
+    """A picture embedded in the page: ``kind`` png or jpeg."""
+    return f"data:image/{kind};base64," + base64.b64encode(data).decode("ascii")
 
 
 def environment() -> Environment:

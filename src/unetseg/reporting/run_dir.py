@@ -71,11 +71,10 @@ def load_run(path: Path) -> TrainingRun:
     if not path.is_dir():
         raise UserError(f"{path} is not a folder: give a training run directory (outputs/train/<run>)")
     summary = read_summary(path)
-    if not is_run_dir(path) and summary.get("status") == "failed":
-        raise UserError(
-            f"{path} is a job that failed before its first epoch: {summary.get('error', 'no error recorded')}"
-        )
     if not is_run_dir(path):
+        if summary.get("status") == "failed":
+            error = summary.get("error", "no error recorded")
+            raise UserError(f"{path} is a job that failed before its first epoch: {error}")
         raise UserError(
             f"{path} is not a training run (no metrics.jsonl, no checkpoints/): give outputs/train/<run> "
             "or a sweep folder (outputs/sweep/<sweep>)"

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from unetseg import __version__
 from unetseg.io.atomic import write_bytes_atomic
 from unetseg.reporting.gallery import DEFAULT_IMAGES, Gallery, build_gallery
-from unetseg.reporting.pages import duration, number, png_uri, render, write_page
+from unetseg.reporting.pages import data_uri, duration, number, render, write_page
 from unetseg.reporting.run_dir import TrainingRun, load_run
 from unetseg.runtime.errors import UserError
 from unetseg.scoring.names import DICE, PIXEL_ERROR, RAND_ERROR, Score, dice_of, validation_scores
@@ -18,7 +19,7 @@ from unetseg.tracking.history import best_epoch, run_title
 from unetseg.tracking.pictures import FALSE_FOREGROUND, MISSED_FOREGROUND
 
 
-def _glance(run: TrainingRun) -> list[tuple[str, str]]:
+def _glance(run: TrainingRun, best: dict[str, Any] | None) -> list[tuple[str, str]]:
     s, summary = run.setting, run.summary
     data = summary.get("data", {})
     source = s("data.source", "?")
@@ -37,9 +38,8 @@ def _glance(run: TrainingRun) -> list[tuple[str, str]]:
     ema = s("trainer.monitor_ema", 0) or 0
     trained = len(run.history)
     epochs = f"{trained} of {s('trainer.epochs', '?')}" + (" (stopped early)" if summary.get("stopped_early") else "")
-    best = best_epoch(run.history)
     monitor = s("trainer.monitor", "?")
-    best_value = next((r.get(monitor) for r in run.history if r["epoch"] == best), None)
+    best_value, best_at = (best.get(monitor), best["epoch"]) if best else (None, None)
     return [
         ("Data", f"{where} · {counts} · split: {split}"),
         (
@@ -55,21 +55,19 @@ def _glance(run: TrainingRun) -> list[tuple[str, str]]:
         ),
         ("Precision", summary.get("precision", "not recorded")),
         ("Epochs", epochs),
-        ("Best epoch", f"{best} by {monitor}" + (f" (EMA {ema})" if ema else "") + f": {number(best_value)}"),
+        ("Best epoch", f"{best_at} by {monitor}" + (f" (EMA {ema})" if ema else "") + f": {number(best_value)}"),
         ("Wall time", duration(summary.get("wall_time_s"))),
         ("Run folder", str(run.path.resolve())),
     ]
 
 
-def _warnings(run: TrainingRun, class_names: list[str]) -> list[tuple[str, str]]:
+def _warnings(best: dict[str, Any] | None, class_names: list[str]) -> list[tuple[str, str]]:
     """Glance rows for a model that looks fine by a mean but misses a class entirely."""
-    best = best_epoch(run.history)
-    record = next((r for r in run.history if r["epoch"] == best), None)
-    if record is None:
+    if best is None:
         return []
     rows = []
     for name in class_names:
-        dice = record.get(dice_of(name).key)
+        dice = best.get(dice_of(name).key)
         if isinstance(dice, (int, float)) and dice == 0:
             rows.append(
                 (
@@ -120,8 +118,9 @@ def write_run_report(run_dir: Path, gallery_limit: int | None = None, device: st
     class_names = [str(n) for n in run.setting("data.class_names", ["background", "foreground"])]
     monitor = str(run.setting("trainer.monitor", DICE.key))
     curves = current_curves(run, class_names, monitor)
-    best = best_epoch(run.history)
-    rows = [("best", r) for r in run.history if r["epoch"] == best] + [("last", run.history[-1])]
+    best_at = best_epoch(run.history)
+    best = next((record for record in run.history if record["epoch"] == best_at), None)
+    rows = ([("best", best)] if best else []) + [("last", run.history[-1])]
     figures = [{"kind": kind, "label": f"{kind} ({r['epoch']})", "epoch": r["epoch"], "scores": r} for kind, r in rows]
 
     gallery: Gallery | None = None
@@ -143,8 +142,8 @@ def write_run_report(run_dir: Path, gallery_limit: int | None = None, device: st
         run_name=run_title(run.path),
         status=_status(run),
         overrides=run.overrides,
-        glance=_warnings(run, class_names) + _glance(run),
-        curves=png_uri(curves),
+        glance=_warnings(best, class_names) + _glance(run, best),
+        curves=data_uri(curves),
         scores=validation_scores(class_names),
         figures=figures,
         gallery=gallery,

@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 
 from unetseg import __version__
 from unetseg.io.atomic import write_bytes_atomic, write_text_atomic
-from unetseg.reporting.pages import png_uri, render, write_page
+from unetseg.reporting.pages import data_uri, render, write_page
 from unetseg.reporting.run_dir import job_dirs
 from unetseg.runtime.errors import UserError
 from unetseg.scoring.names import DICE, IOU, lower_is_better
@@ -91,12 +91,12 @@ def score_rows(rows: list[dict[str, Any]]) -> str:
     return monitor
 
 
-def best_job(rows: list[dict[str, Any]]) -> str | None:
+def best_job(rows: list[dict[str, Any]], monitor: str) -> str | None:
     """The completed job with the best monitored score (``score_rows`` first)."""
     scored = [row for row in rows if row.get("best_monitored") is not None]
     if not scored:
         return None
-    pick = min if lower_is_better(sweep_monitor(rows)) else max
+    pick = min if lower_is_better(monitor) else max
     return pick(scored, key=lambda r: r["best_monitored"])["job"]
 
 
@@ -131,7 +131,7 @@ def write_sweep_report(sweep_dir: Path) -> tuple[Path, list[dict[str, Any]]]:
     rows = summarize(sweep_dir)
     monitor = score_rows(rows)
     png = write_sweep_chart(sweep_dir, rows, monitor)
-    best = best_job(rows)
+    best = best_job(rows, monitor)
     shared, differing = split_overrides(rows)
     for row in rows:
         row["differing"] = differing[row["job"]]
@@ -148,7 +148,7 @@ def write_sweep_report(sweep_dir: Path) -> tuple[Path, list[dict[str, Any]]]:
         monitor=monitor,
         best=best,
         shared=" ".join(shared),
-        chart=png_uri(png),
+        chart=data_uri(png),
     )
     target = sweep_dir / "report.html"
     write_page(target, html)

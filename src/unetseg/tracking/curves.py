@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from unetseg.io.atomic import write_bytes_atomic
 from unetseg.runtime.console import console
-from unetseg.scoring.names import DICE, LOSS, PIXEL_ERROR, RAND_ERROR, Score, dice_of, lower_is_better
+from unetseg.scoring.names import DICE, LOSS, PIXEL_ERROR, RAND_ERROR, dice_of, lower_is_better
 from unetseg.tracking.history import best_epoch, read_history, run_title, series
 
 if TYPE_CHECKING:
@@ -142,8 +142,8 @@ def sweep_curves(jobs: Sequence[SweepJob], monitor: str) -> bytes:
     figure = _figure(SWEEP_SIZE)
     curves_axis, bars_axis = figure.subplots(1, 2, width_ratios=[3, 2])
     figure.subplots_adjust(left=0.06, right=0.97, bottom=0.12, top=0.9, wspace=0.45)
-    score = Score(monitor, monitor, lower_is_better(monitor))
-    direction = "lower" if score.lower_is_better else "higher"
+    lower = lower_is_better(monitor)
+    direction = "lower" if lower else "higher"
     for job in jobs:
         epochs, values = series(job.history, monitor)
         if values:
@@ -156,7 +156,7 @@ def sweep_curves(jobs: Sequence[SweepJob], monitor: str) -> bytes:
     curves_axis.set_ylabel(monitor)
     curves_axis.grid(alpha=0.3)
     if any(job.history for job in jobs):
-        curves_axis.legend(fontsize=8, loc="upper right" if score.lower_is_better else "lower right")
+        curves_axis.legend(fontsize=8, loc="upper right" if lower else "lower right")
     labels = [f"job {job.job}" for job in jobs]
     values = [job.best if job.best is not None else 0.0 for job in jobs]
     colours = ["tab:blue" if job.best is not None else "tab:red" for job in jobs]
