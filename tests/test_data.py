@@ -12,6 +12,7 @@ from conftest import write_dataset
 from unetseg.config import AugmentConfig, DataConfig, register_schemas, to_typed
 from unetseg.data.augment import Sample, augment, elastic, intensity, random_crop
 from unetseg.data.dataset import load_folder, load_splits
+from unetseg.data.labels import LabelRule
 from unetseg.data.labels import encode_label
 from unetseg.data.normalize import PercentileNormalizer
 from unetseg.data.pairing import pair_by_stem
@@ -247,7 +248,7 @@ def test_load_folder_rejects_size_mismatch(tmp_path: Path) -> None:
     cv2.imwrite(str(tmp_path / "image" / "a.png"), np.zeros((10, 12), np.uint8))
     cv2.imwrite(str(tmp_path / "label" / "a.png"), np.zeros((10, 10), np.uint8))
     with pytest.raises(UserError, match=r"a.png is 12×10 but its label .* is 10×10"):
-        load_folder(tmp_path, "image", "label", 1, 1, "auto", NORMALIZER)
+        load_folder(tmp_path, "image", "label", 1, LabelRule(1), NORMALIZER)
 
 
 def folder_config(root: Path, **overrides: object) -> DataConfig:
@@ -263,14 +264,14 @@ def folder_config(root: Path, **overrides: object) -> DataConfig:
 
 def test_validation_is_the_last_block_in_natural_order(tmp_path: Path) -> None:
     root = write_dataset(tmp_path / "d", count=12, size=24)
-    train, val = load_splits(folder_config(root, val_fraction=0.25), 1, 1, NORMALIZER)
+    train, val = load_splits(folder_config(root, val_fraction=0.25), 1, LabelRule(1), NORMALIZER)
     assert train.names == [str(i) for i in range(9)] and val.names == ["9", "10", "11"]
 
 
 def test_separate_validation_folder(tmp_path: Path) -> None:
     root = write_dataset(tmp_path / "d", count=4, size=24)
     val_root = write_dataset(tmp_path / "v", count=2, size=24, seed=5)
-    train, val = load_splits(folder_config(root, val_root=str(val_root)), 1, 1, NORMALIZER)
+    train, val = load_splits(folder_config(root, val_root=str(val_root)), 1, LabelRule(1), NORMALIZER)
     assert len(train) == 4 and len(val) == 2
 
 
@@ -279,7 +280,7 @@ def test_colour_training_images(tmp_path: Path) -> None:
     for path in (root / "image").iterdir():
         gray = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
         cv2.imwrite(str(path), np.dstack([gray, gray // 2, 255 - gray]))
-    train, _ = load_splits(folder_config(root), 3, 1, NORMALIZER)
+    train, _ = load_splits(folder_config(root), 3, LabelRule(1), NORMALIZER)
     assert train.images[0].shape == (3, 24, 24) and train.images[0].dtype == np.float32
 
 

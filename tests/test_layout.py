@@ -1,5 +1,6 @@
 """The layout holds: each folder of src/unetseg is one stage of the pipeline, and imports run only downwards
-(commands → sweep → reporting → training/inference → tracking → scoring/model → data → io → config → runtime)."""
+(commands → sweep → reporting → training/inference → tracking/objects → scoring/model → data → io → config →
+runtime)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ RANKS = {
     "scoring": 4,
     "model": 4,
     "tracking": 5,
+    "objects": 5,
     "training": 6,
     "inference": 6,
     "checks": 7,
@@ -30,7 +32,7 @@ RANKS = {
     "cli": 11,
     "__main__": 12,
 }
-LOWER_FOLDERS = ("io", "data", "scoring", "model", "runtime", "tracking")
+LOWER_FOLDERS = ("io", "data", "scoring", "model", "runtime", "tracking", "objects")
 UPPER_FOLDERS = ("training", "inference", "reporting", "commands")
 
 

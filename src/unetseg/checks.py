@@ -6,6 +6,7 @@ The runner calls the command's check on every variant of the overrides before Hy
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -17,11 +18,13 @@ from unetseg.config import (
     PredictConfig,
     SynthesizeConfig,
     TrainConfig,
+    TrainingTarget,
 )
 from unetseg.inference.writers import OUTPUT_KINDS
+from unetseg.objects.instances import resolve_rule
 from unetseg.runtime.device import DEVICE_KINDS
 from unetseg.runtime.errors import UserError
-from unetseg.scoring.names import validation_scores
+from unetseg.scoring.names import INSTANCE_SCORES, validation_scores
 from unetseg.tracking.loggers import check_logger_packages
 
 
@@ -58,6 +61,13 @@ def check_train(cfg: TrainConfig) -> None:
             d.root is not None,
             "data.root is not set: point it at a folder with image/ and label/, e.g. data.root=path/to/train",
         )
+    if d.target == TrainingTarget.boundary:
+        _require(
+            m.num_classes == 3 and len(d.class_names) == 3,
+            "data.target=boundary trains three classes: add model.num_classes=3 "
+            "'data.class_names=[background,interior,boundary]' (or use experiment=nuclei as a starting point)",
+        )
+    _require(d.boundary_width >= 1, f"data.boundary_width={d.boundary_width}: must be at least 1 pixel")
     expected_names = max(m.num_classes, 2)
     _require(
         len(d.class_names) == expected_names,
@@ -112,6 +122,11 @@ def _check_training_recipe(cfg: TrainConfig) -> None:
         t.monitor in scores,
         f"trainer.monitor={t.monitor}: not a validation score; use one of {', '.join(scores)}",
     )
+    if t.monitor in [score.key for score in INSTANCE_SCORES]:
+        try:
+            resolve_rule("auto", d.target.value, list(d.class_names))
+        except UserError as error:
+            raise UserError(f"trainer.monitor={t.monitor} scores objects, but {error}") from None
     _require(0 <= t.monitor_ema < 1, f"trainer.monitor_ema={t.monitor_ema}: must be in [0, 1) (0 = no smoothing)")
     _require(t.log_every_n_steps >= 1, f"trainer.log_every_n_steps={t.log_every_n_steps}: must be at least 1")
     _require(t.report_images >= 0, f"trainer.report_images={t.report_images}: must be 0 or more")
@@ -139,6 +154,10 @@ def check_inference(cfg: InferenceConfig) -> None:
         cfg.tile_size is None or cfg.tile_size >= 16,
         f"tile_size={cfg.tile_size}: must be at least 16 pixels, or null to run each image whole",
     )
+    _require(cfg.instances.min_size >= 0, f"instances.min_size={cfg.instances.min_size}: must be >= 0 pixels")
+    _require(
+        cfg.instances.min_distance >= 1, f"instances.min_distance={cfg.instances.min_distance}: must be >= 1 pixel"
+    )
     check_device(cfg.device, "device")
 
 
@@ -152,6 +171,10 @@ def check_predict(cfg: PredictConfig) -> None:
     _require(
         bool(cfg.save) and not unknown,
         f"save={list(cfg.save)}: choose one or more of {', '.join(OUTPUT_KINDS)} (e.g. save=[mask,overlay])",
+    )
+    _require(
+        cfg.pixel_size is None or (math.isfinite(cfg.pixel_size) and cfg.pixel_size > 0),
+        f"pixel_size={cfg.pixel_size}: give the pixel size in µm as a positive number (e.g. pixel_size=0.325)",
     )
 
 

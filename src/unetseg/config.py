@@ -82,6 +82,23 @@ class DataSource(str, Enum):
     synthetic = "synthetic"
 
 
+class SyntheticKind(str, Enum):
+    voronoi = "voronoi"
+    nuclei = "nuclei"
+
+
+class TrainingTarget(str, Enum):
+    mask = "mask"
+    boundary = "boundary"
+
+
+class InstanceMethod(str, Enum):
+    auto = "auto"
+    boundary = "boundary"
+    distance = "distance"
+    membrane = "membrane"
+
+
 class LabelEncoding(str, Enum):
     auto = "auto"
     binary = "binary"
@@ -149,6 +166,7 @@ class AugmentConfig:
 
 @dataclass
 class SyntheticConfig:
+    kind: SyntheticKind = MISSING
     num_images: int = MISSING
     size: int = MISSING
     seed: int = MISSING
@@ -170,6 +188,8 @@ class DataConfig:
     val_fraction: float = MISSING
     class_names: list[str] = MISSING
     label_encoding: LabelEncoding = MISSING
+    target: TrainingTarget = MISSING
+    boundary_width: int = MISSING
     patch_size: int | None = MISSING
     samples_per_epoch: int | None = MISSING
     normalization: NormalizationConfig = field(default_factory=NormalizationConfig)
@@ -226,6 +246,15 @@ class TrainConfig:
 
 
 @dataclass
+class InstancesConfig:
+    """How class maps become objects (unetseg.objects.instances)."""
+
+    method: InstanceMethod = MISSING
+    min_size: int = MISSING
+    min_distance: int = MISSING
+
+
+@dataclass
 class InferenceConfig:
     """How a checkpoint predicts (conf/inference.yaml): shared by predict and evaluate."""
 
@@ -238,6 +267,7 @@ class InferenceConfig:
     gaussian: bool = MISSING
     batch_size: int = MISSING
     tta: TestTimeAugmentation = MISSING
+    instances: InstancesConfig = field(default_factory=InstancesConfig)
 
 
 @dataclass
@@ -249,6 +279,7 @@ class PredictConfig(InferenceConfig):
     probability_format: ProbabilityFormat = MISSING
     overlay_style: OverlayStyle = MISSING
     overlay_classes: list[str] | None = MISSING
+    pixel_size: float | None = MISSING
     overwrite: bool = MISSING
     runs_root: str = MISSING
 
@@ -268,6 +299,7 @@ class EvaluateConfig(InferenceConfig):
 @dataclass
 class SynthesizeConfig:
     output: str | None = MISSING
+    kind: SyntheticKind = MISSING
     count: int = MISSING
     size: int = MISSING
     seed: int = MISSING

@@ -7,18 +7,22 @@ import json
 import logging
 import math
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from unetseg.config import EvaluateConfig
+from unetseg.config import EvaluateConfig, TrainingTarget
 from unetseg.data.dataset import LabelledImages, load_pairs, load_splits
+from unetseg.data.labels import LabelRule
 from unetseg.inference.evaluation import score_images
-from unetseg.inference.predictor import Predictor, build_predictor
+from unetseg.inference.predictor import Predictor, build_predictor, objects_settings
 from unetseg.io.atomic import refuse_to_overwrite, write_text_atomic
 from unetseg.model.checkpoint import find_checkpoint
 from unetseg.runner import run_command
 from unetseg.runtime.console import console
+from unetseg.runtime.errors import UserError
 from unetseg.runtime.paths import user_path
+from unetseg.scoring.instances import InstanceCounts
 from unetseg.scoring.tables import metrics_table
 
 log = logging.getLogger(__name__)
@@ -26,14 +30,18 @@ log = logging.getLogger(__name__)
 
 def labelled_images(cfg: EvaluateConfig, predictor: Predictor) -> tuple[LabelledImages, str]:
     """The images to score, normalised as the checkpoint was trained, and a description of them."""
-    spec, normalizer = predictor.checkpoint.model, predictor.checkpoint.normalization
+    checkpoint = predictor.checkpoint
+    spec, normalizer = checkpoint.model, checkpoint.normalization
+    # Labels become targets as the network was trained: masks, or background/interior/boundary.
+    rule = LabelRule(spec.num_classes, cfg.data.label_encoding.value, checkpoint.target, checkpoint.boundary_width)
     if cfg.input is not None and cfg.labels is not None:
         images, labels = user_path(cfg.input), user_path(cfg.labels)
-        items = load_pairs(
-            images, labels, spec.in_channels, spec.num_classes, cfg.data.label_encoding.value, normalizer
-        )
+        items = load_pairs(images, labels, spec.in_channels, rule, normalizer)
         return items, f"{images} with labels {labels}"
-    train, val = load_splits(cfg.data, spec.in_channels, spec.num_classes, normalizer)
+    data = cfg.data
+    if checkpoint.target == "boundary" and data.target.value != "boundary":
+        data = replace(data, target=TrainingTarget.boundary, boundary_width=checkpoint.boundary_width)
+    train, val = load_splits(data, spec.in_channels, rule, normalizer)
     chosen = {"val": val, "train": train, "all": train + val}[cfg.split]
     where = cfg.data.root if cfg.data.root is not None else "synthetic data"
     return chosen, f"{where} · split {cfg.split} ({', '.join(chosen.names[:6])}{' ...' if len(chosen) > 6 else ''})"
@@ -44,9 +52,30 @@ def finite_or_none(scores: dict[str, float]) -> dict[str, float | None]:
     return {key: (None if math.isnan(value) else round(value, 6)) for key, value in scores.items()}
 
 
+def object_report(counts: InstanceCounts, predictor: Predictor) -> dict[str, Any]:
+    """The set's object counts and, per IoU threshold, tp/fp/fn, precision, recall, F1 and AP."""
+    assert predictor.instance_rule is not None
+    return {
+        "method": predictor.instance_rule.method,
+        "true_objects": counts.true_objects,
+        "predicted_objects": counts.predicted_objects,
+        "per_threshold": {
+            threshold: finite_or_none({key: float(value) for key, value in row.items()})
+            for threshold, row in counts.per_threshold().items()
+        },
+    }
+
+
 def evaluate(cfg: EvaluateConfig, run_dir: Path) -> dict[str, Any]:
     path = find_checkpoint(cfg.checkpoint, cfg.runs_root)
     predictor = build_predictor(cfg, path)
+    method, min_size, min_distance = objects_settings(cfg)
+    try:
+        predictor.use_instances(method, min_size, min_distance)
+    except UserError:
+        if method != "auto":
+            raise  # asked for objects this network cannot give; with auto, such a network is scored without
+
     class_names = predictor.checkpoint.class_names
     items, source = labelled_images(cfg, predictor)
     target = (user_path(cfg.output) if cfg.output else run_dir) / "metrics.json"
@@ -63,6 +92,11 @@ def evaluate(cfg: EvaluateConfig, run_dir: Path) -> dict[str, Any]:
     console.print(metrics_table(f"scores of {path.name} ({len(items)} images)", rows, class_names))
     console.print(
         "all: pixel error, Dice and IoU over every pixel of the set; Rand error and V_info: mean of the images"
+        + (
+            "; AP, PQ: objects matched one to one, pooled over the set; count error: mean of the images"
+            if board.objects is not None
+            else ""
+        )
     )
     report = {
         "status": "completed",
@@ -78,6 +112,7 @@ def evaluate(cfg: EvaluateConfig, run_dir: Path) -> dict[str, Any]:
         },
         "mean": finite_or_none(mean),
         "per_image": {name: finite_or_none(scores) for name, scores in board.per_image.items()},
+        "objects": None if board.objects is None else object_report(board.objects, predictor),
         "seconds": round(seconds, 3),
     }
     write_text_atomic(target, json.dumps(report, indent=2))

@@ -10,7 +10,7 @@ from typing import Any
 
 from unetseg.config import PredictConfig
 from unetseg.inference.pipeline import check_output_folder, output_files, predict_sources
-from unetseg.inference.predictor import build_predictor
+from unetseg.inference.predictor import build_predictor, objects_settings
 from unetseg.inference.sources import find_inputs, open_source
 from unetseg.inference.writers import OutputPlan, overlay_ids
 from unetseg.io.atomic import refuse_to_overwrite
@@ -38,7 +38,11 @@ def predict(cfg: PredictConfig, run_dir: Path) -> dict[str, Any]:
         cfg.probability_format.value,
         cfg.overlay_style.value,
         overlay_ids(cfg.overlay_classes, class_names),
+        cfg.pixel_size,
+        predictor.in_channels,
     )
+    if plan.makes_objects:
+        predictor.use_instances(*objects_settings(cfg))
     world = current_world()
     ranks = f" · {world.size} processes, each predicts 1/{world.size} of the files" if world.distributed else ""
     console.print(f"[bold]{predictor.describe()}{ranks}[/]")

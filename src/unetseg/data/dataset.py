@@ -12,10 +12,11 @@ from torch.utils.data import Dataset
 
 from unetseg.config import AugmentConfig, DataConfig, DataSource
 from unetseg.data.augment import Sample, augment
-from unetseg.data.labels import encode_label
+from unetseg.data.labels import LabelRule
 from unetseg.data.normalize import PercentileNormalizer
 from unetseg.data.pairing import pair_by_stem
-from unetseg.data.synthetic import synthetic_pair
+from unetseg.data.synthetic import synthetic_sample
+from unetseg.data.targets import boundary_target
 from unetseg.io.images import list_images, read_image, read_label
 from unetseg.runtime.errors import UserError
 from unetseg.runtime.paths import user_path
@@ -23,27 +24,37 @@ from unetseg.runtime.paths import user_path
 
 @dataclass
 class LabelledImages:
-    """Normalised float32 images (C, H, W), uint8 class-id labels (H, W), their names, and optionally
-    per-pixel loss weights (H, W)."""
+    """Normalised float32 images (C, H, W), uint8 class-id labels (H, W), their names, the true instance
+    maps where the label files are instance maps, and optionally per-pixel loss weights (H, W)."""
 
     images: list[np.ndarray]
     labels: list[np.ndarray]
     names: list[str]
     weights: list[np.ndarray] | None = None  # per-pixel loss weights, for the weighted losses
+    # int32 (H, W) object ids per image, None where the label is a mask (its objects: connected regions)
+    instances: list[np.ndarray | None] | None = None
 
     def __len__(self) -> int:
         return len(self.names)
 
+    def instances_of(self, index: int) -> np.ndarray | None:
+        return None if self.instances is None else self.instances[index]
+
+    def _part(self, part: slice) -> LabelledImages:
+        instances = None if self.instances is None else self.instances[part]
+        return LabelledImages(self.images[part], self.labels[part], self.names[part], instances=instances)
+
     def split_last(self, count: int) -> tuple[LabelledImages, LabelledImages]:
         """Hold out the last ``count`` items as one contiguous block (adjacent EM slices correlate)."""
         cut = len(self) - count
-        head = LabelledImages(self.images[:cut], self.labels[:cut], self.names[:cut])
-        tail = LabelledImages(self.images[cut:], self.labels[cut:], self.names[cut:])
-        return head, tail
+        return self._part(slice(None, cut)), self._part(slice(cut, None))
 
     def __add__(self, other: LabelledImages) -> LabelledImages:
         """Both sets, this one first (without loss weights)."""
-        return LabelledImages(self.images + other.images, self.labels + other.labels, self.names + other.names)
+        instances = [*(self.instances or [None] * len(self)), *(other.instances or [None] * len(other))]
+        return LabelledImages(
+            self.images + other.images, self.labels + other.labels, self.names + other.names, instances=instances
+        )
 
     def has_uniform_size(self) -> bool:
         return len({image.shape for image in self.images}) <= 1
@@ -58,28 +69,17 @@ def _existing_folder(path: Path, what: str) -> Path:
 
 
 def load_folder(
-    root: Path,
-    image_dir: str,
-    label_dir: str,
-    channels: int,
-    num_classes: int,
-    label_encoding: str,
-    normalizer: PercentileNormalizer,
+    root: Path, image_dir: str, label_dir: str, channels: int, rule: LabelRule, normalizer: PercentileNormalizer
 ) -> LabelledImages:
     """Read ``root/image_dir`` and ``root/label_dir``, paired by stem; every problem names its file."""
     _existing_folder(root, "data folder")
     image_folder = _existing_folder(root / image_dir, f"image folder (data.image_dir={image_dir})")
     label_folder = _existing_folder(root / label_dir, f"label folder (data.label_dir={label_dir})")
-    return load_pairs(image_folder, label_folder, channels, num_classes, label_encoding, normalizer)
+    return load_pairs(image_folder, label_folder, channels, rule, normalizer)
 
 
 def load_pairs(
-    image_folder: Path,
-    label_folder: Path,
-    channels: int,
-    num_classes: int,
-    label_encoding: str,
-    normalizer: PercentileNormalizer,
+    image_folder: Path, label_folder: Path, channels: int, rule: LabelRule, normalizer: PercentileNormalizer
 ) -> LabelledImages:
     """Every image in ``image_folder`` with its label from ``label_folder`` (same stem), normalised."""
     _existing_folder(image_folder, "image folder")
@@ -88,7 +88,7 @@ def load_pairs(
     if not image_files:
         raise UserError(f"no images (png, tif, jpg, bmp) in {image_folder}: add images or point at the right folder")
     pairs = pair_by_stem(image_files, list_images(label_folder), label_folder)
-    images, labels = [], []
+    images, labels, instances = [], [], []
     for image_path, label_path in pairs:
         image = read_image(image_path, channels)
         label = read_label(label_path)
@@ -98,41 +98,47 @@ def load_pairs(
                 f"{label.shape[1]}×{label.shape[0]}: image and label must be the same size"
             )
         images.append(normalizer(image))
-        labels.append(encode_label(label, num_classes, label_encoding, label_path))
-    return LabelledImages(images, labels, [path.stem for path, _ in pairs])
+        classes, objects = rule.apply(label, label_path)
+        labels.append(classes)
+        instances.append(objects)
+    return LabelledImages(images, labels, [path.stem for path, _ in pairs], instances=instances)
 
 
-def synthetic_images(count: int, size: int, seed: int, normalizer: PercentileNormalizer) -> LabelledImages:
-    pairs = [synthetic_pair(seed, index, size) for index in range(count)]
-    return LabelledImages(
-        [normalizer(image[None]) for image, _ in pairs],
-        [label for _, label in pairs],
-        [f"synthetic_{seed}_{index:04d}" for index in range(count)],
-    )
+def synthetic_images(
+    kind: str, count: int, size: int, seed: int, rule: LabelRule, normalizer: PercentileNormalizer
+) -> LabelledImages:
+    """``count`` generated images of ``kind`` (voronoi: EM-like cells; nuclei: touching nuclei)."""
+    images, labels, instances = [], [], []
+    for index in range(count):
+        image, objects = synthetic_sample(kind, seed, index, size)
+        images.append(normalizer(image[None]))
+        if rule.target == "boundary":
+            labels.append(boundary_target(objects, rule.boundary_width))
+        else:
+            labels.append((objects > 0).astype(np.uint8))
+        instances.append(objects)
+    names = [f"synthetic_{seed}_{index:04d}" for index in range(count)]
+    return LabelledImages(images, labels, names, instances=instances)
+
+
+def label_rule(data: DataConfig, num_classes: int) -> LabelRule:
+    return LabelRule(num_classes, data.label_encoding.value, data.target.value, data.boundary_width)
 
 
 def load_splits(
-    data: DataConfig, channels: int, num_classes: int, normalizer: PercentileNormalizer
+    data: DataConfig, channels: int, rule: LabelRule, normalizer: PercentileNormalizer
 ) -> tuple[LabelledImages, LabelledImages]:
     """The training and validation sets that ``data`` describes, normalised by ``normalizer``."""
     if data.source == DataSource.synthetic:
         if channels != 1:
             raise UserError("data=synthetic makes grayscale images: use model.in_channels=1")
         syn = data.synthetic
-        everything = synthetic_images(syn.num_images, syn.size, syn.seed, normalizer)
+        everything = synthetic_images(syn.kind.value, syn.num_images, syn.size, syn.seed, rule, normalizer)
     else:
         assert data.root is not None  # check_train guarantees it
 
         def load(root: str) -> LabelledImages:
-            return load_folder(
-                user_path(root),
-                data.image_dir,
-                data.label_dir,
-                channels,
-                num_classes,
-                data.label_encoding.value,
-                normalizer,
-            )
+            return load_folder(user_path(root), data.image_dir, data.label_dir, channels, rule, normalizer)
 
         everything = load(data.root)
         if data.val_root is not None:

@@ -2,11 +2,32 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from unetseg.data.targets import boundary_target, instance_map, require_instances
 from unetseg.runtime.errors import UserError
+
+
+@dataclass(frozen=True)
+class LabelRule:
+    """How label files become training targets: the class encoding, and ``target`` mask (the classes as
+    stored) or boundary (background / interior / boundary from an instance map, band ``boundary_width``)."""
+
+    num_classes: int
+    encoding: str = "auto"
+    target: str = "mask"
+    boundary_width: int = 2
+
+    def apply(self, label: np.ndarray, path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+        """(H, W) label file → (uint8 class ids, int32 instance map or None when the file is a mask)."""
+        instances = instance_map(label, self.encoding)
+        if self.target == "boundary":
+            instances = require_instances(instances, path)
+            return boundary_target(instances, self.boundary_width), instances
+        return encode_label(label, self.num_classes, self.encoding, path), instances
 
 
 def encode_label(label: np.ndarray, num_classes: int, encoding: str, path: Path) -> np.ndarray:

@@ -153,6 +153,10 @@ def predict_source(
                     writer = stack_writer(output, plan, source.stem, source.pages, height * width)
                     add_page = open_stacks.enter_context(writer)
                 add_page(result)
+            if result.instances is not None:
+                count = int(result.instances.max())
+                area = f", mean area {np.count_nonzero(result.instances) / count:.1f} px" if count else ""
+                bars.progress.console.print(f"{name}: {count} object(s){area}")
             pixels += height * width
             del image, result  # not alive while the next page is predicted
     bars.file_done()

@@ -8,9 +8,14 @@ An ordinary image (``<stem>.*``) gives:
   (``probability_format=png``) or ``<stem>_probability.tif`` as float32 (``tiff``); one
   ``<stem>_probability_<class>.*`` per class for several classes
 - ``overlay``: ``<stem>_overlay.png``, the input in grey with each class > 0 tinted (or outlined)
+- ``instances``: ``<stem>_instances.tif``, the objects as ids 1..n (0 = background), uint16, or uint32 past
+  65,535 objects (unetseg.objects.instances)
+- ``objects``: ``<stem>_objects.csv``, one row per object: area, centroid, box, shape and intensities
+  (unetseg.objects.measure)
 
 A multi-page TIFF stack gives the same files as multi-page TIFFs, one page per input page: ``<stem>.tif``
-(and ``<stem>_ids.tif``), ``<stem>_probability[_<class>].tif`` (always float32), ``<stem>_overlay.tif``.
+(and ``<stem>_ids.tif``), ``<stem>_probability[_<class>].tif`` (always float32), ``<stem>_overlay.tif``,
+``<stem>_instances.tif``, and one ``<stem>_objects.csv`` for the whole stack with a page column.
 Every file appears atomically; a stack's files appear once their last page is written.
 """
 
@@ -25,18 +30,21 @@ import cv2
 import numpy as np
 
 from unetseg.inference.predictor import Segmentation
+from unetseg.io.atomic import write_text_atomic
 from unetseg.io.png import class_colours, write_png_atomic
 from unetseg.io.tiff import tiff_writer
+from unetseg.objects.measure import columns, csv_text, measure_objects
 from unetseg.runtime.errors import UserError
 
-OUTPUT_KINDS = ("mask", "probability", "overlay")  # what save= may list
+OUTPUT_KINDS = ("mask", "probability", "overlay", "instances", "objects")  # what save= may list
+OBJECT_KINDS = ("instances", "objects")  # the outputs that need objects made
 _OVERLAY_ROWS = 512  # overlays are drawn this many rows at a time (float temporaries stay small)
 
 
 @dataclass(frozen=True)
 class OutputFile:
     name: str
-    content: str  # mask, ids, probability or overlay
+    content: str  # mask, ids, probability, overlay, instances or objects
     channel: int = 0  # which probability channel
 
 
@@ -50,6 +58,12 @@ class OutputPlan:
     probability_format: str = "png"
     overlay_style: str = "tint"
     overlay_classes: tuple[int, ...] | None = None  # class ids to tint; None = every class but the first
+    pixel_size: float | None = None  # µm per pixel, for the objects' areas in µm²
+    channels: int = 1  # of the input images: the objects' intensity columns
+
+    @property
+    def makes_objects(self) -> bool:
+        return any(kind in self.kinds for kind in OBJECT_KINDS)
 
     @property
     def several_classes(self) -> bool:
@@ -73,6 +87,10 @@ class OutputPlan:
                 files.append(OutputFile(f"{stem}_probability{probability}", "probability"))
         if "overlay" in self.kinds:
             files.append(OutputFile(f"{stem}_overlay{image}", "overlay"))
+        if "instances" in self.kinds:
+            files.append(OutputFile(f"{stem}_instances.tif", "instances"))
+        if "objects" in self.kinds:
+            files.append(OutputFile(f"{stem}_objects.csv", "objects"))
         return files
 
     def names(self, stem: str, stack: bool) -> list[str]:
@@ -96,6 +114,9 @@ class OutputPlan:
         if file.content == "probability":
             assert result.probabilities is not None
             return result.probabilities[file.channel]
+        if file.content == "instances":
+            assert result.instances is not None
+            return result.instances
         classes = max(2, self.num_outputs)
         shown = self.overlay_classes if self.overlay_classes is not None else tuple(range(1, classes))
         return overlay(result, self.overlay_style, classes, shown)
@@ -148,35 +169,60 @@ def _borders(classes: np.ndarray, rows: slice) -> tuple[np.ndarray, np.ndarray]:
     return (larger != smaller)[inside], larger[inside]
 
 
-def write_image(folder: Path, plan: OutputPlan, stem: str, result: Segmentation) -> None:
-    """All chosen outputs of an ordinary image, each file written atomically."""
+def object_rows(plan: OutputPlan, result: Segmentation, page: int | None = None) -> list[dict[str, float | int]]:
+    """The measurements of the result's objects (one row each)."""
+    assert result.instances is not None and result.image is not None
+    return measure_objects(result.instances, result.image, plan.pixel_size, page)
+
+
+def write_image(folder: Path, plan: OutputPlan, stem: str, result: Segmentation) -> list[dict[str, float | int]]:
+    """All chosen outputs of an ordinary image, each file written atomically; returns the objects' rows
+    (empty when objects are not measured)."""
+    rows: list[dict[str, float | int]] = []
     for file in plan.files(stem, stack=False):
+        if file.content == "objects":
+            rows = object_rows(plan, result)
+            write_text_atomic(folder / file.name, csv_text(rows, columns(plan.channels, plan.pixel_size, False)))
+            continue
         page = plan.render(file, result)
         if file.name.endswith(".png"):
             write_png_atomic(folder / file.name, page, plan.palette(file))
         else:
             with tiff_writer(folder / file.name) as append:
                 append(page)
+    return rows
 
 
 @contextmanager
 def stack_writer(
     folder: Path, plan: OutputPlan, stem: str, pages: int, page_pixels: int
-) -> Iterator[Callable[[Segmentation], None]]:
-    """``add(result)`` appends one page to every output stack; the stacks appear when the block completes.
+) -> Iterator[Callable[[Segmentation], list[dict[str, float | int]]]]:
+    """``add(result)`` appends one page to every output stack (and returns that page's object rows); the
+    stacks, and the one objects CSV, appear when the block completes.
 
     ``page_pixels`` (of the first page) sizes the files: from 2 GiB on they are written as BigTIFF.
     """
     files = plan.files(stem, stack=True)
+    tiffs = [file for file in files if file.content != "objects"]
+    table = next((file for file in files if file.content == "objects"), None)
+    all_rows: list[dict[str, float | int]] = []
     with ExitStack() as stack:
         appenders = []
-        for file in files:
-            bytes_per_pixel = {"probability": 4, "overlay": 3}.get(file.content, 1)
+        for file in tiffs:
+            bytes_per_pixel = {"probability": 4, "overlay": 3, "instances": 4}.get(file.content, 1)
             big = pages * page_pixels * bytes_per_pixel >= 2**31
             appenders.append(stack.enter_context(tiff_writer(folder / file.name, bigtiff=big)))
+        page_number = 0
 
-        def add(result: Segmentation) -> None:
-            for file, append in zip(files, appenders, strict=True):
+        def add(result: Segmentation) -> list[dict[str, float | int]]:
+            nonlocal page_number
+            page_number += 1
+            for file, append in zip(tiffs, appenders, strict=True):
                 append(plan.render(file, result), plan.palette(file))
+            rows = object_rows(plan, result, page_number) if table is not None else []
+            all_rows.extend(rows)
+            return rows
 
         yield add
+        if table is not None:  # before the stacks close: all the files appear, or none
+            write_text_atomic(folder / table.name, csv_text(all_rows, columns(plan.channels, plan.pixel_size, True)))

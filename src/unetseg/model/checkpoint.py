@@ -34,6 +34,9 @@ class Checkpoint:
     threshold: float
     epoch: int
     metrics: dict[str, float]
+    # what the network was trained to output (unetseg.data.targets): mask, or boundary (three classes)
+    target: str = "mask"
+    boundary_width: int = 2
     # last.pt only: optimiser, scheduler, scaler, monitor and RNG state, for trainer.resume
     training_state: dict[str, Any] | None = None
 
@@ -54,6 +57,8 @@ class Checkpoint:
             "threshold": float(self.threshold),
             "epoch": int(self.epoch),
             "metrics": {key: float(value) for key, value in self.metrics.items()},
+            "target": self.target,
+            "boundary_width": int(self.boundary_width),
             "training_state": self.training_state,
         }
 
@@ -89,8 +94,20 @@ def load_checkpoint(path: Path) -> Checkpoint:
         threshold=float(raw["threshold"]),
         epoch=int(raw["epoch"]),
         metrics=dict(raw["metrics"]),
+        target=_target_of(raw, path),
+        boundary_width=int(raw.get("boundary_width", 2)),
         training_state=raw.get("training_state"),
     )
+
+
+def _target_of(raw: dict[str, Any], path: Path) -> str:
+    """The training target (checkpoints from before instance targets have none: mask)."""
+    target = raw.get("target", "mask")
+    if target not in ("mask", "boundary"):
+        raise UserError(f"{path} has an unknown training target {target!r}: retrain it with this unetseg")
+    if target == "boundary" and len(raw["class_names"]) != 3:
+        raise UserError(f"{path} claims a boundary target but has {len(raw['class_names'])} classes: retrain it")
+    return str(target)
 
 
 def find_checkpoint(

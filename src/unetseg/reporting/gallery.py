@@ -9,7 +9,7 @@ import heapq
 import math
 from dataclasses import dataclass
 
-from unetseg.data.dataset import load_splits
+from unetseg.data.dataset import label_rule, load_splits
 from unetseg.inference.predictor import Predictor
 from unetseg.model.checkpoint import load_checkpoint
 from unetseg.reporting.pages import data_uri
@@ -60,9 +60,9 @@ def build_gallery(run: TrainingRun, limit: int, device: str = "auto") -> Gallery
     """Predict the run's validation images with its best.pt; raise UserError if it cannot be done."""
     checkpoint = load_checkpoint(run.best_checkpoint)
     predictor = Predictor(checkpoint, choose_fast_path(resolve_device(device), "auto", True))
-    _, validation = load_splits(
-        run.data_config(), checkpoint.model.in_channels, checkpoint.model.num_classes, checkpoint.normalization
-    )
+    data = run.data_config()
+    rule = label_rule(data, checkpoint.model.num_classes)
+    _, validation = load_splits(data, checkpoint.model.in_channels, rule, checkpoint.normalization)
     class_names = list(checkpoint.class_names)
     monitor = str(run.setting("trainer.monitor", DICE.key))
     key = ranking_key(monitor)

@@ -41,7 +41,8 @@ class TrainingRun:
             what = "has no data settings" if config_file.is_file() else "is missing"
             raise UserError(f"{config_file} {what}: the gallery needs the data settings the run trained with")
         try:
-            data = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(DataConfig), node))
+            merged = OmegaConf.merge(OmegaConf.structured(DataConfig), _ADDED_LATER, node)
+            data = OmegaConf.to_object(merged)
         except OmegaConfBaseException as error:
             raise UserError(f"the run's data settings do not fit this version of unetseg ({error})") from None
         assert isinstance(data, DataConfig)
@@ -50,6 +51,10 @@ class TrainingRun:
             if value is not None and not Path(value).expanduser().is_absolute():
                 setattr(data, key, str(self.launch_dir / value))
         return data
+
+
+# Data settings added after the first runs were made, with the value those runs used.
+_ADDED_LATER = {"target": "mask", "boundary_width": 2, "synthetic": {"kind": "voronoi"}}
 
 
 def is_run_dir(path: Path) -> bool:

@@ -22,6 +22,14 @@ IOU = Score("iou", "IoU")  # mean over the classes
 RAND_ERROR = Score("rand_error", "Rand error", lower_is_better=True)
 V_INFO = Score("v_info", "V_info")
 REGION_SCORES = (RAND_ERROR, V_INFO)  # defined per image; a set's value is the mean over its images
+# Object scores (unetseg.scoring.instances): a set's value pools the matches of all its images, except the
+# count error (mean over images of |predicted objects - true objects|).
+AP50 = Score("ap50", "AP50")
+AP75 = Score("ap75", "AP75")
+AP = Score("ap", "AP 50-95")
+PQ = Score("pq", "PQ")
+COUNT_ERROR = Score("count_error", "count error", lower_is_better=True)
+INSTANCE_SCORES = (AP50, AP75, AP, PQ, COUNT_ERROR)
 
 
 def dice_of(class_name: str) -> Score:
@@ -35,9 +43,10 @@ def iou_of(class_name: str) -> Score:
 def validation_scores(class_names: Sequence[str]) -> list[Score]:
     """Every score validation and ``unetseg evaluate`` report, in the order tables show them."""
     per_class = [score for name in class_names for score in (dice_of(name), iou_of(name))]
-    return [LOSS, PIXEL_ERROR, DICE, IOU, *per_class, RAND_ERROR, V_INFO]
+    return [LOSS, PIXEL_ERROR, DICE, IOU, *per_class, RAND_ERROR, V_INFO, *INSTANCE_SCORES]
 
 
 def lower_is_better(key: str) -> bool:
     """The direction of a score by its key (per-class Dice and IoU: higher is better)."""
-    return any(score.key == key and score.lower_is_better for score in (LOSS, PIXEL_ERROR, DICE, IOU, *REGION_SCORES))
+    scores = (LOSS, PIXEL_ERROR, DICE, IOU, *REGION_SCORES, *INSTANCE_SCORES)
+    return any(score.key == key and score.lower_is_better for score in scores)

@@ -56,14 +56,22 @@ def two_nearest_distances(foreground: np.ndarray, reach: float) -> tuple[np.ndar
 
 
 def border_weight_map(
-    label: np.ndarray, num_classes: int, w0: float, sigma: float, balance_classes: bool = True
+    label: np.ndarray,
+    num_classes: int,
+    w0: float,
+    sigma: float,
+    balance_classes: bool = True,
+    objects: np.ndarray | None = None,
 ) -> np.ndarray:
     """float32 (H, W) weights for one uint8 class-id label; without ``balance_classes`` w_c = 1 (for a
-    loss whose Dice term already balances the classes)."""
+    loss whose Dice term already balances the classes). ``objects`` (default: every class but 0) are the
+    pixels whose 4-connected regions are the cells; the border term goes on every other pixel. With the
+    boundary target they are the interiors, so the boundary band between two nuclei gets the weight."""
     weights = class_balance(label, max(2, num_classes)) if balance_classes else np.ones(label.shape, np.float32)
     reach = sigma * math.sqrt(2 * 20)  # exp(-20) ≈ 2e-9: beyond this, the term vanishes
-    d1, d2 = two_nearest_distances(label > 0, reach)
+    cells = label > 0 if objects is None else objects
+    d1, d2 = two_nearest_distances(cells, reach)
     border = w0 * np.exp(-((d1 + d2) ** 2) / (2 * sigma**2))
-    background = label == 0
+    background = ~cells
     weights[background] += border[background].astype(np.float32)
     return weights

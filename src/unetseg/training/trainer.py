@@ -25,19 +25,21 @@ import torch.distributed as dist
 from rich.progress import Progress
 from torch.nn.parallel import DistributedDataParallel
 
-from unetseg.config import TrainConfig
-from unetseg.data.dataset import LabelledImages, load_splits
+from unetseg.config import TrainConfig, TrainingTarget
+from unetseg.data.dataset import LabelledImages, label_rule, load_splits
 from unetseg.data.normalize import PercentileNormalizer
+from unetseg.data.targets import INTERIOR
 from unetseg.io.atomic import copy_atomic, write_text_atomic
 from unetseg.model import build_network, count_parameters
 from unetseg.model.checkpoint import Checkpoint, find_checkpoint, load_checkpoint, save_checkpoint
+from unetseg.objects.instances import InstanceRule, resolve_rule
 from unetseg.runtime.console import console, progress_bars
 from unetseg.runtime.device import resolve_device
 from unetseg.runtime.distributed import all_reduce_sum, broadcast_buffers, current_world
 from unetseg.runtime.errors import UserError
 from unetseg.runtime.paths import user_path
 from unetseg.runtime.precision import choose_fast_path, maybe_compile
-from unetseg.scoring.names import LOSS, PIXEL_ERROR, RAND_ERROR, dice_of, lower_is_better
+from unetseg.scoring.names import AP50, LOSS, PIXEL_ERROR, RAND_ERROR, dice_of, lower_is_better
 from unetseg.scoring.tables import metrics_table
 from unetseg.tracking.curves import CurvesFile
 from unetseg.tracking.history import read_history
@@ -93,6 +95,7 @@ class Trainer:
         normalization = cfg.data.normalization
         self.normalizer = PercentileNormalizer(normalization.low_percentile, normalization.high_percentile)
         self.class_names = list(cfg.data.class_names)
+        self.objects = objects_rule(cfg.data.target.value, self.class_names)
         self.shuffle_generator = torch.Generator()
         self.monitor = Monitor(cfg.trainer.monitor, cfg.trainer.monitor_ema)
         self.first_epoch, self.epoch = 1, 0
@@ -138,10 +141,19 @@ class Trainer:
     def load_data(self) -> tuple[LabelledImages, LabelledImages]:
         """Training and validation images; the border weight maps when the loss uses them (computed once)."""
         cfg, t = self.cfg, self.cfg.trainer
-        train, val = load_splits(cfg.data, cfg.model.in_channels, cfg.model.num_classes, self.normalizer)
+        rule = label_rule(cfg.data, cfg.model.num_classes)
+        train, val = load_splits(cfg.data, cfg.model.in_channels, rule, self.normalizer)
         if t.loss in WEIGHTED:
+            boundary = cfg.data.target == TrainingTarget.boundary
             train.weights = [
-                border_weight_map(label, self.spec.num_classes, t.border_weight, t.border_sigma, t.class_balance)
+                border_weight_map(
+                    label,
+                    self.spec.num_classes,
+                    t.border_weight,
+                    t.border_sigma,
+                    t.class_balance,
+                    objects=label == INTERIOR if boundary else None,
+                )
                 for label in train.labels
             ]
         return train, val
@@ -296,7 +308,7 @@ class Trainer:
         t = self.cfg.trainer
         previews = self.PREVIEWS if self.loggers.takes_pictures else 0
         validation = validate(
-            self.evaluated, self.val_items, t.loss, t.threshold, self.class_names, self.fast, previews
+            self.evaluated, self.val_items, t.loss, t.threshold, self.class_names, self.fast, previews, self.objects
         )
         self.previews = validation.previews
         return {"train_loss": train_loss, "lr": self.optimizer.param_groups[0]["lr"], **validation.scores}
@@ -415,6 +427,8 @@ class Trainer:
             threshold=self.cfg.trainer.threshold,
             epoch=self.epoch,
             metrics=self.last,
+            target=self.cfg.data.target.value,
+            boundary_width=self.cfg.data.boundary_width,
             training_state=training_state,
         )
 
@@ -462,9 +476,20 @@ def dist_backend() -> str:
     return str(dist.get_backend()) if dist.is_initialized() else "single process"
 
 
+def objects_rule(target: str, class_names: list[str]) -> InstanceRule | None:
+    """How validation makes objects for the object scores (default settings); None for a network whose
+    classes have no foreground to split (several classes, not trained with data.target=boundary)."""
+    try:
+        return resolve_rule("auto", target, class_names)
+    except UserError:
+        return None
+
+
 def epoch_line(metrics: dict[str, float], class_names: list[str]) -> str:
     parts = [f"train loss {metrics['train_loss']:.4f}", f"val loss {metrics[LOSS.key]:.4f}"]
     parts += [f"pixel error {metrics[PIXEL_ERROR.key]:.4f}"]
     parts += [f"Dice {name} {metrics[dice_of(name).key]:.4f}" for name in class_names]
     parts += [f"Rand error {metrics[RAND_ERROR.key]:.4f}"]
+    if AP50.key in metrics:
+        parts += [f"AP50 {metrics[AP50.key]:.4f}"]
     return " · ".join(parts)

@@ -9,7 +9,9 @@ import torch
 
 from unetseg.config import LossName
 from unetseg.data.dataset import LabelledImages
-from unetseg.model.head import predict_classes
+from unetseg.data.targets import BOUNDARY
+from unetseg.model.head import classes_from_probabilities, to_probabilities
+from unetseg.objects.instances import InstanceRule, make_instances, true_objects
 from unetseg.runtime.distributed import all_reduce_sum, current_world
 from unetseg.runtime.precision import FastPath
 from unetseg.scoring.board import ScoreBoard
@@ -41,26 +43,33 @@ def validate(
     class_names: list[str],
     fast: FastPath,
     previews: int = 0,
+    objects: InstanceRule | None = None,
 ) -> Validation:
     """Validation loss and every score of unetseg evaluate, over whole images (one at a time, so any
     size works). The weighted losses are reported unweighted: validation images carry no weight map.
-    ``previews``: keep that many images with their predictions."""
+    ``previews``: keep that many images with their predictions. ``objects``: also the object scores,
+    with objects made by this rule."""
     network.eval()
     world = current_world()
-    board = ScoreBoard(class_names)
+    board = ScoreBoard(class_names, objects=objects is not None)
     total_loss = torch.zeros((), device=fast.device)
     kept: list[Preview] = []
     with torch.inference_mode():  # under torchrun each rank takes every world.size-th image
-        for name, image, label in list(zip(items.names, items.images, items.labels, strict=True))[
-            world.rank :: world.size
-        ]:
+        for index in range(world.rank, len(items), world.size):
+            name, image, label = items.names[index], items.images[index], items.labels[index]
             x = fast.prepare_input(torch.from_numpy(image)[None])
             y = torch.from_numpy(label.astype(np.int64))[None].to(fast.device)
             with fast.autocast():
                 logits = network(x)
             total_loss += compute_loss(loss_name, logits, y)
-            predicted = predict_classes(logits, threshold)[0].to(torch.uint8).cpu().numpy()
-            board.add(name, predicted, label)
+            probabilities = to_probabilities(logits)
+            predicted = classes_from_probabilities(probabilities, threshold)[0].to(torch.uint8).cpu().numpy()
+            pair = None
+            if objects is not None:
+                boundary = probabilities[0, BOUNDARY].cpu().numpy() if objects.needs_boundary_probability else None
+                truth = true_objects(label, items.instances_of(index))
+                pair = (make_instances(predicted, objects, boundary), truth)
+            board.add(name, predicted, label, pair)
             if len(kept) < previews:
                 kept.append(Preview(name, image, label, predicted))
     board.reduce_across_ranks(fast.device)  # every rank gets the same scores

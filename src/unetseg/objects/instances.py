@@ -1,0 +1,157 @@
+"""Separating a predicted class map into objects (instance label maps), by one of three rules:
+
+- ``boundary``: networks trained with ``data.target=boundary`` (background / interior / boundary). The
+  seeds are the 4-connected interiors; a seeded watershed (scikit-image) grows them over the boundary
+  probability, within the foreground (interior or boundary), so each boundary pixel joins the object
+  whose interior it is closest to in the probability landscape.
+- ``distance``: plain foreground networks (two classes). The seeds are the maxima of the foreground's
+  distance transform at least ``min_distance`` px apart, one region per seed by a watershed on the negated
+  distance: two touching round objects, joined by a neck, split at the neck.
+- ``membrane``: ISBI-style networks whose class 0 is a membrane between cells. The cells are the
+  4-connected regions enclosed by membrane, and each membrane pixel (and each region under ``min_size``)
+  joins its nearest cell: the border thinning of the ISBI challenge (unetseg.scoring.regions).
+
+``auto`` takes ``boundary`` for boundary networks, ``membrane`` when class 0 is named "membrane", and
+``distance`` otherwise. Objects smaller than ``min_size`` px are dropped; ids are 1..n, in raster order of
+their first pixel. Objects touching the image edge are kept (``touching_edge`` lists them).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import cv2
+import numpy as np
+from skimage.feature import peak_local_max
+from skimage.segmentation import watershed
+
+from unetseg.data.targets import BOUNDARY, INTERIOR
+from unetseg.runtime.errors import UserError
+from unetseg.scoring.regions import connected_regions, fill_background
+
+METHODS = ("boundary", "distance", "membrane")
+
+
+@dataclass(frozen=True)
+class InstanceRule:
+    """How a network's class map becomes objects (a resolved method, never ``auto``)."""
+
+    method: str
+    min_size: int = 10
+    min_distance: int = 5
+
+    @property
+    def needs_boundary_probability(self) -> bool:
+        return self.method == "boundary"
+
+    def describe(self) -> str:
+        extra = f", min_distance {self.min_distance}" if self.method == "distance" else ""
+        return f"objects by {self.method} watershed (min_size {self.min_size}{extra})"
+
+
+def resolve_rule(
+    method: str, target: str, class_names: list[str], min_size: int = 10, min_distance: int = 5
+) -> InstanceRule:
+    """The rule for a network trained for ``target`` with these classes; one line if none fits."""
+    binary = len(class_names) <= 2
+    if method == "auto":
+        if target == "boundary":
+            method = "boundary"
+        elif binary:
+            method = "membrane" if class_names[0].lower() == "membrane" else "distance"
+        else:
+            raise UserError(
+                f"this network has {len(class_names)} classes ({', '.join(class_names)}) and no foreground to "
+                "split into objects: instances need a two-class network or one trained with data.target=boundary"
+            )
+    if method == "boundary" and target != "boundary":
+        raise UserError(
+            "instances.method=boundary needs a network trained with data.target=boundary; this one was trained "
+            "on masks: use instances.method=distance (or auto)"
+        )
+    if method in ("distance", "membrane") and not binary:
+        raise UserError(
+            f"instances.method={method} needs a two-class network; this one has {len(class_names)} classes "
+            f"({', '.join(class_names)}): use instances.method=auto"
+        )
+    return InstanceRule(method, min_size, min_distance)
+
+
+def instance_dtype(count: int) -> type[np.unsignedinteger[Any]]:
+    """uint16 for up to 65,535 objects, else uint32."""
+    return np.uint16 if count <= np.iinfo(np.uint16).max else np.uint32
+
+
+def make_instances(
+    classes: np.ndarray, rule: InstanceRule, boundary_probability: np.ndarray | None = None
+) -> np.ndarray:
+    """(H, W) class ids → (H, W) object ids (uint16, or uint32 past 65,535 objects), 0 = background.
+
+    ``boundary_probability`` ((H, W), any scale, higher = more boundary) is what the ``boundary`` rule
+    floods over; without it the flood runs over the boundary class itself.
+    """
+    if rule.method == "membrane":
+        # Specks join their neighbours with the membrane, instead of leaving holes.
+        objects = fill_background(_drop_small(connected_regions(classes), rule.min_size))
+    elif rule.method == "boundary":
+        foreground = classes > 0
+        _, seeds = cv2.connectedComponents((classes == INTERIOR).astype(np.uint8), connectivity=4, ltype=cv2.CV_32S)
+        elevation = (classes == BOUNDARY).astype(np.float32) if boundary_probability is None else boundary_probability
+        objects = watershed(elevation, seeds, mask=foreground)
+        objects = _keep_unseeded(objects, foreground)
+    else:
+        foreground = (classes > 0).astype(np.uint8)
+        count, components = cv2.connectedComponents(foreground, connectivity=4, ltype=cv2.CV_32S)
+        distance = cv2.distanceTransform(foreground, cv2.DIST_L2, cv2.DIST_MASK_5)
+        peaks = peak_local_max(
+            distance, min_distance=max(1, rule.min_distance), labels=components, exclude_border=False
+        )
+        seeds = np.zeros(classes.shape, np.int32)
+        seeds[peaks[:, 0], peaks[:, 1]] = np.arange(1, len(peaks) + 1, dtype=np.int32)
+        objects = watershed(-distance, seeds, mask=foreground > 0)
+        objects = _keep_unseeded(objects, foreground > 0)
+    return _finish(objects, rule.min_size)
+
+
+def _drop_small(regions: np.ndarray, min_size: int) -> np.ndarray:
+    sizes = np.bincount(regions.ravel())
+    small = sizes < min_size
+    small[0] = False
+    return np.where(small[regions], 0, regions) if small.any() else regions
+
+
+def _keep_unseeded(objects: np.ndarray, foreground: np.ndarray) -> np.ndarray:
+    """Foreground the watershed left empty (a region without a seed) becomes objects of its own."""
+    missed = foreground & (objects == 0)
+    if not missed.any():
+        return objects
+    count, pieces = cv2.connectedComponents(missed.astype(np.uint8), connectivity=4, ltype=cv2.CV_32S)
+    objects = objects.astype(np.int64)
+    objects[missed] = pieces[missed] + objects.max()
+    return objects
+
+
+def _finish(objects: np.ndarray, min_size: int) -> np.ndarray:
+    """Drop objects under ``min_size`` px and number the rest 1..n in raster order, in the smallest dtype."""
+    flat = objects.ravel()
+    ids, first, sizes = np.unique(flat, return_index=True, return_counts=True)
+    keep = (ids > 0) & (sizes >= min_size)
+    order = np.argsort(first[keep], kind="stable")
+    new_ids = np.zeros(ids.size, np.int64)
+    new_ids[np.flatnonzero(keep)[order]] = np.arange(1, keep.sum() + 1)
+    dtype = instance_dtype(int(keep.sum()))
+    return new_ids[np.searchsorted(ids, flat)].astype(dtype).reshape(objects.shape)
+
+
+def true_objects(label: np.ndarray, instances: np.ndarray | None) -> np.ndarray:
+    """The true objects of a labelled image: its instance map, or else the 4-connected regions of the
+    label's foreground classes (the cells evaluate's Rand error compares)."""
+    return connected_regions(label) if instances is None else instances
+
+
+def touching_edge(objects: np.ndarray) -> np.ndarray:
+    """The sorted ids of the objects with a pixel on the image's edge."""
+    edge = np.concatenate([objects[0], objects[-1], objects[:, 0], objects[:, -1]])
+    ids = np.unique(edge)
+    return ids[ids > 0]
