@@ -8,7 +8,13 @@ fork and exec). Reported per size: wall time, peak MiB, MiB per megapixel, and b
 in MiB per added megapixel, which stays near what the outputs themselves take (1 MiB per megapixel for a
 uint8 mask; the 8-bit input is another).
 
+Objects: ``--checkpoint`` takes a trained checkpoint instead (e.g. one of ``experiment=nuclei``) and
+``--image nuclei`` a mosaic of synthetic 16-bit nuclei images (256² tiles, 16 distinct ones), so that
+``--save mask instances objects`` makes and measures real objects (tens of thousands at 8192²).
+
     python benchmarks/predict_memory.py [--sizes 1024 4096 8192] [--base-channels 64] [--json out.json]
+    python benchmarks/predict_memory.py --checkpoint RUN/checkpoints/best.pt --image nuclei \
+        --save mask instances objects --sizes 4096 8192
 """
 
 from __future__ import annotations
@@ -30,9 +36,10 @@ import torch
 
 from unetseg.config import ModelSpec
 from unetseg.data.normalize import PercentileNormalizer
+from unetseg.data.synthetic import nuclei_sample
 from unetseg.inference.sliding_window import count_tiles
 from unetseg.model import build_network
-from unetseg.model.checkpoint import Checkpoint, save_checkpoint
+from unetseg.model.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 
 # Runs `python -m unetseg ARGS` in this process and, at exit, writes its VmHWM (KiB) to the file named
 # in UNETSEG_PEAK_FILE.
@@ -61,6 +68,14 @@ def synthetic_image(size: int, seed: int = 0) -> np.ndarray:
     return np.clip(image * 255, 0, 255).astype(np.uint8)
 
 
+def nuclei_mosaic(size: int) -> np.ndarray:
+    """A (size, size) uint16 mosaic of synthetic nuclei images (16 distinct 256² tiles, cycled)."""
+    tiles = [nuclei_sample(2000, index, 256)[0] for index in range(16)]
+    cells = -(-size // 256)
+    rows = [np.hstack([tiles[(row * 7 + column) % 16] for column in range(cells)]) for row in range(cells)]
+    return np.vstack(rows)[:size, :size]
+
+
 def png_size(path: Path) -> tuple[int, int]:
     """(height, width) from a PNG's header, without decoding it."""
     width, height = struct.unpack(">II", path.read_bytes()[16:24])
@@ -70,7 +85,7 @@ def png_size(path: Path) -> tuple[int, int]:
 def run_size(size: int, checkpoint: Path, workdir: Path, args: argparse.Namespace) -> dict[str, object]:
     image = workdir / "images" / f"synthetic_{size}.png"
     image.parent.mkdir(exist_ok=True)
-    cv2.imwrite(str(image), synthetic_image(size))
+    cv2.imwrite(str(image), nuclei_mosaic(size) if args.image == "nuclei" else synthetic_image(size))
     output = workdir / "masks"
     peak_file = workdir / f"peak_{size}.txt"
     command = [
@@ -115,6 +130,7 @@ def run_size(size: int, checkpoint: Path, workdir: Path, args: argparse.Namespac
         "input_and_mask_mib": round(2 * size * size / 2**20, 1),
         "fast_path": lines[0].strip() if lines else "",
         "end_line": next((line.strip() for line in lines if line.startswith("predicted ")), ""),
+        "objects_line": next((line.strip() for line in lines if " object(s)" in line), ""),
     }
 
 
@@ -127,7 +143,11 @@ def main() -> None:
     parser.add_argument("--overlap", type=float, default=0.5)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--precision", default="auto")
-    parser.add_argument("--save", nargs="+", default=["mask"], help="outputs to write (mask, probability, overlay)")
+    parser.add_argument(
+        "--save", nargs="+", default=["mask"], help="outputs to write (mask, probability, overlay, ...)"
+    )
+    parser.add_argument("--checkpoint", type=Path, help="a trained checkpoint instead of an untrained classic net")
+    parser.add_argument("--image", choices=["texture", "nuclei"], default="texture", help="what the images show")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--workdir", type=Path, help="keep the images and masks here (default: a temporary folder)")
     args = parser.parse_args()
@@ -139,12 +159,16 @@ def main() -> None:
         spec = ModelSpec("bilinear", 1, 1, args.base_channels, args.depth)
         checkpoint = workdir / f"untrained_{args.base_channels}.pt"
         normalizer = PercentileNormalizer(0.5, 99.5)
-        save_checkpoint(
-            Checkpoint(build_network(spec).state_dict(), spec, normalizer, ["bg", "fg"], 0.5, 0, {}), checkpoint
-        )
+        if args.checkpoint is not None:
+            checkpoint = args.checkpoint.resolve()
+            spec = load_checkpoint(checkpoint).model
+            args.base_channels, args.depth = spec.base_channels, spec.depth
+        else:
+            untrained = Checkpoint(build_network(spec).state_dict(), spec, normalizer, ["bg", "fg"], 0.5, 0, {})
+            save_checkpoint(untrained, checkpoint)
         print(
-            f"unetseg predict, {args.base_channels}-wide U-Net (depth {args.depth}), tiles {args.tile_size} "
-            f"overlap {args.overlap} batch {args.batch_size}, save={args.save}; "
+            f"unetseg predict, {args.base_channels}-wide U-Net (depth {args.depth}), {args.image} images, "
+            f"tiles {args.tile_size} overlap {args.overlap} batch {args.batch_size}, save={args.save}; "
             f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}"
         )
         rows: list[dict[str, object]] = []
@@ -165,6 +189,8 @@ def main() -> None:
             )
         if rows:
             print(f"  fast path: {rows[0]['fast_path']}\n  last end line: {rows[-1]['end_line']}")
+            if rows[-1]["objects_line"]:
+                print(f"  last objects line: {rows[-1]['objects_line']}")
         results = {
             "base_channels": args.base_channels,
             "depth": args.depth,
@@ -172,6 +198,8 @@ def main() -> None:
             "overlap": args.overlap,
             "batch_size": args.batch_size,
             "save": args.save,
+            "checkpoint": str(args.checkpoint) if args.checkpoint else None,
+            "image": args.image,
             "torch": torch.__version__,
             "cpus": os.cpu_count(),
             "sizes": rows,

@@ -12,8 +12,7 @@ from conftest import write_dataset
 from unetseg.config import AugmentConfig, DataConfig, register_schemas, to_typed
 from unetseg.data.augment import Sample, augment, elastic, intensity, random_crop
 from unetseg.data.dataset import load_folder, load_splits
-from unetseg.data.labels import LabelRule
-from unetseg.data.labels import encode_label
+from unetseg.data.labels import LabelRule, encode_label
 from unetseg.data.normalize import PercentileNormalizer
 from unetseg.data.pairing import pair_by_stem
 from unetseg.data.synthetic import synthetic_pair

@@ -158,6 +158,10 @@ def check_inference(cfg: InferenceConfig) -> None:
     _require(
         cfg.instances.min_distance >= 1, f"instances.min_distance={cfg.instances.min_distance}: must be >= 1 pixel"
     )
+    _require(
+        -1 < cfg.instances.seed_margin < 1,
+        f"instances.seed_margin={cfg.instances.seed_margin}: a difference of probabilities, between -1 and 1",
+    )
     check_device(cfg.device, "device")
 
 

@@ -252,6 +252,7 @@ class InstancesConfig:
     method: InstanceMethod = MISSING
     min_size: int = MISSING
     min_distance: int = MISSING
+    seed_margin: float = MISSING
 
 
 @dataclass

@@ -69,11 +69,11 @@ def object_report(counts: InstanceCounts, predictor: Predictor) -> dict[str, Any
 def evaluate(cfg: EvaluateConfig, run_dir: Path) -> dict[str, Any]:
     path = find_checkpoint(cfg.checkpoint, cfg.runs_root)
     predictor = build_predictor(cfg, path)
-    method, min_size, min_distance = objects_settings(cfg)
+    settings = objects_settings(cfg)
     try:
-        predictor.use_instances(method, min_size, min_distance)
+        predictor.use_instances(*settings)
     except UserError:
-        if method != "auto":
+        if settings[0] != "auto":
             raise  # asked for objects this network cannot give; with auto, such a network is scored without
 
     class_names = predictor.checkpoint.class_names

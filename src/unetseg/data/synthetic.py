@@ -106,6 +106,7 @@ def nuclei_sample(seed: int, index: int, size: int) -> tuple[np.ndarray, np.ndar
     instances = np.zeros((size, size), np.int32)
     brightness = np.zeros((size, size), np.float32)
     placed: list[tuple[np.ndarray, float]] = []
+    full_areas: list[int] = []  # of each drawn ellipse (within the image)
     for _ in range(count):
         axes = (radius * rng.uniform(0.8, 1.35), radius * rng.uniform(0.6, 0.95))
         angle = rng.uniform(0, np.pi)
@@ -122,30 +123,36 @@ def nuclei_sample(seed: int, index: int, size: int) -> tuple[np.ndarray, np.ndar
         covered = instances[inside] > 0
         if covered.mean() > 0.5:
             continue
-        object_id = int(instances.max()) + 1
+        object_id = len(full_areas) + 1
+        full_areas.append(int(inside.sum()))
         instances[inside] = object_id
         # A dome: bright in the middle, falling off towards the edge (so a seam shows where two touch).
         level = rng.uniform(0.35, 1.0)
         brightness[inside] = level * (0.45 + 0.55 * np.sqrt(1.0 - radius2[inside]))
         placed.append((center, float(np.mean(axes))))
-    # Objects fully hidden behind later ones, or cut into pieces, are renumbered as visible pieces.
+    # A nucleus mostly hidden behind later ones is dropped (its visible rest goes dark): the truth holds only
+    # objects an expert could outline. One cut in two keeps its larger piece.
     relabelled = np.zeros_like(instances)
     next_id = 1
-    for object_id in range(1, int(instances.max()) + 1):
-        count_pieces, pieces = cv2.connectedComponents((instances == object_id).astype(np.uint8), connectivity=4)
-        for piece in range(1, count_pieces):
-            mask = pieces == piece
-            if mask.sum() >= 12:
-                relabelled[mask] = next_id
-                next_id += 1
-    dropped = (instances > 0) & (relabelled == 0)
-    brightness[dropped] = 0.0
+    for object_id, full_area in enumerate(full_areas, start=1):
+        count_pieces, pieces, stats, _ = cv2.connectedComponentsWithStats(
+            (instances == object_id).astype(np.uint8), connectivity=4
+        )
+        if count_pieces < 2:
+            continue
+        largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+        if stats[largest, cv2.CC_STAT_AREA] >= max(12, 0.5 * full_area):
+            relabelled[pieces == largest] = next_id
+            next_id += 1
+    brightness[(instances > 0) & (relabelled == 0)] = 0.0
     instances = relabelled
 
     texture = 1.0 + 0.12 * _smooth_field(rng, size, 1.2)
     image = brightness * texture
     image = cv2.GaussianBlur(image, (0, 0), rng.uniform(0.8, 1.6))
-    illumination = 1.0 + rng.uniform(0.1, 0.3) * _smooth_field(rng, size, size / 3)
+    # Centred: a field this smooth has few independent values, and its mean alone could darken the image.
+    shading = _smooth_field(rng, size, size / 3)
+    illumination = np.clip(1.0 + rng.uniform(0.1, 0.3) * (shading - shading.mean()), 0.5, None)
     background = rng.uniform(0.04, 0.1)
     photons = rng.uniform(150.0, 400.0)  # photons at brightness 1: shot noise
     expected = np.clip((image + background) * illumination, 0, None) * photons

@@ -11,12 +11,11 @@ import torch
 
 from unetseg.config import InferenceConfig
 from unetseg.data.normalize import Scaling
-from unetseg.data.targets import BOUNDARY
 from unetseg.inference.sliding_window import Prepare, assemble, blended_rows, count_tiles, with_tta
 from unetseg.model import fold_batchnorm
 from unetseg.model.checkpoint import Checkpoint, load_checkpoint
 from unetseg.model.head import classes_from_probabilities, to_probabilities
-from unetseg.objects.instances import InstanceRule, make_instances, resolve_rule
+from unetseg.objects.instances import InstanceRule, boundary_evidence, make_instances, resolve_rule
 from unetseg.runtime.device import resolve_device
 from unetseg.runtime.errors import UserError
 from unetseg.runtime.precision import FastPath, choose_fast_path
@@ -26,13 +25,12 @@ from unetseg.runtime.precision import FastPath, choose_fast_path
 class Segmentation:
     """One image's prediction as predict keeps it: class ids, probabilities only when they are written
     (as uint16 × 65535 or float32), and the normalised input a few rows at a time (for overlays); the
-    objects and the boundary probability (× 255, uint8) when they are asked for."""
+    objects, when they are asked for."""
 
     classes: np.ndarray  # (H, W) uint8
     probabilities: np.ndarray | None  # (K, H, W) uint16 or float32
     normalised_rows: Callable[[slice], np.ndarray]  # rows → (C, rows, W) float32 in [0, 1]
     image: np.ndarray | None = None  # the raw (C, H, W) input, for the objects' intensities
-    boundary: np.ndarray | None = None  # (H, W) uint8 boundary probability × 255 (boundary networks)
     instances: np.ndarray | None = None  # (H, W) uint16/uint32 object ids, when objects are made
 
 
@@ -64,19 +62,19 @@ class Predictor:
         self.model = fast.prepare_model(fold_batchnorm(checkpoint.build_network()))
         self.instance_rule: InstanceRule | None = None  # set when objects are asked for
 
-    def use_instances(self, method: str, min_size: int, min_distance: int) -> InstanceRule:
+    def use_instances(self, method: str, min_size: int, min_distance: int, seed_margin: float = 0.5) -> InstanceRule:
         """Make objects with this rule from now on (one-line error if the network has no foreground)."""
         c = self.checkpoint
-        self.instance_rule = resolve_rule(method, c.target, c.class_names, min_size, min_distance)
+        self.instance_rule = resolve_rule(method, c.target, c.class_names, min_size, min_distance, seed_margin)
         return self.instance_rule
 
     def objects_of(self, classes: np.ndarray, probabilities: np.ndarray | None = None) -> np.ndarray:
         """(H, W) class ids (and their (K, H, W) probabilities, for boundary networks) → object ids."""
         assert self.instance_rule is not None, "use_instances first"
-        boundary = None
+        evidence = None
         if probabilities is not None and self.instance_rule.needs_boundary_probability:
-            boundary = probabilities[BOUNDARY]
-        return make_instances(classes, self.instance_rule, boundary)
+            evidence = boundary_evidence(probabilities, self.instance_rule)
+        return make_instances(classes, self.instance_rule, evidence)
 
     def describe(self) -> str:
         """e.g. ``cpu · bf16 autocast (avx512_bf16) · … · 512-px tiles, overlap 0.5 · TTA none · threshold 0.5``"""
@@ -154,17 +152,19 @@ class Predictor:
         classes = np.empty((height, width), np.uint8)
         kept = None if probability_dtype is None else np.empty((self.num_outputs, height, width), probability_dtype)
         rule = self.instance_rule
-        boundary = np.empty((height, width), np.uint8) if rule is not None and rule.needs_boundary_probability else None
+        evidence = None  # the boundary rule's inputs, kept compactly (uint8 and bool) band by band
+        if rule is not None and rule.needs_boundary_probability:
+            evidence = (np.empty((height, width), np.uint8), np.empty((height, width), bool))
         for top, band in self.probability_rows(image, scaling, on_tiles):
             rows = slice(top, top + band.shape[1])
             classes[rows] = self.classes_of(band)
-            if boundary is not None:
-                boundary[rows] = np.rint(np.clip(band[BOUNDARY], 0, 1) * 255)
+            if evidence is not None:
+                evidence[0][rows], evidence[1][rows] = boundary_evidence(band, rule)
             if kept is not None:
                 kept[:, rows] = _stored(band, kept.dtype)
-        result = Segmentation(classes, kept, lambda rows: scaling(image[:, rows]), image, boundary)
+        result = Segmentation(classes, kept, lambda rows: scaling(image[:, rows]), image)
         if rule is not None:
-            result.instances = make_instances(classes, rule, boundary)
+            result.instances = make_instances(classes, rule, evidence)
         return result
 
     def tile_count(self, height: int, width: int) -> int:
@@ -189,10 +189,10 @@ def build_predictor(cfg: InferenceConfig, path: Path) -> Predictor:
     return Predictor(load_checkpoint(path), fast, cfg.threshold, tiling)
 
 
-def objects_settings(cfg: InferenceConfig) -> tuple[str, int, int]:
-    """(method, min_size, min_distance) of the ``instances`` settings, for Predictor.use_instances."""
+def objects_settings(cfg: InferenceConfig) -> tuple[str, int, int, float]:
+    """(method, min_size, min_distance, seed_margin) of the ``instances`` settings, for use_instances."""
     i = cfg.instances
-    return i.method.value, i.min_size, i.min_distance
+    return i.method.value, i.min_size, i.min_distance, i.seed_margin
 
 
 def _stored(probabilities: np.ndarray, dtype: np.dtype) -> np.ndarray:
