@@ -109,7 +109,8 @@ def test_pre_move_last_checkpoint_resumes_to_the_same_epoch(pre_move: Path, tmp_
     assert result.returncode == 0, result.stderr
     got = json.loads((tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()[-1])
     expected = json.loads((pre_move / "resumed" / "metrics.jsonl").read_text().splitlines()[-1])
-    assert got["epoch"] == expected["epoch"] == 13 and got.keys() == expected.keys()
+    # Scores added since (the object scores) may be new; every score the old code wrote is reproduced.
+    assert got["epoch"] == expected["epoch"] == 13 and expected.keys() <= got.keys()
     for key, value in expected.items():
         if key != "epoch_time_s":
             assert got[key] == pytest.approx(value, abs=2e-6), key

@@ -24,7 +24,9 @@ from unetseg.objects.instances import (
 from unetseg.objects.measure import columns, csv_text, measure_objects
 from unetseg.runtime.errors import UserError
 from unetseg.scoring.board import ScoreBoard, image_scores
-from unetseg.scoring.instances import THRESHOLDS, match_instances
+from unetseg.scoring.instances import THRESHOLDS, InstanceCounts, match_instances
+from unetseg.scoring.names import INSTANCE_SCORES
+from unetseg.scoring.regions import adapted_rand_error, contingency, information_score
 
 DISC_AREA = math.pi * 30**2
 
@@ -256,8 +258,8 @@ def test_matching_agrees_with_the_definition_on_random_maps(seed: int) -> None:
 
 
 def test_membrane_objects_give_evaluates_rand_error() -> None:
-    """One definition of the cells: Rand error from the membrane rule's objects (nothing dropped) is the
-    Rand error of the connected regions with border thinning, on imperfect predictions."""
+    """One definition of the cells: the Rand error and V_info of the membrane rule's objects (nothing
+    dropped) against the true cells are evaluate's, on imperfect predictions."""
     rng = np.random.default_rng(0)
     names = ["membrane", "cell"]
     for index in range(4):
@@ -266,10 +268,10 @@ def test_membrane_objects_give_evaluates_rand_error() -> None:
         flips = rng.random(truth.shape) < 0.03
         predicted[flips] = 1 - predicted[flips]
         objects = make_instances(predicted, InstanceRule("membrane", min_size=0))
-        by_regions = image_scores(predicted, truth, names)
-        by_objects = image_scores(predicted, truth, names, (objects, true_objects(truth, None)))
-        assert by_objects["rand_error"] == pytest.approx(by_regions["rand_error"], abs=1e-12)
-        assert by_objects["v_info"] == pytest.approx(by_regions["v_info"], abs=1e-12)
+        scores = image_scores(predicted, truth, names)
+        table = contingency(true_objects(truth, None), objects)
+        assert adapted_rand_error(table) == pytest.approx(scores["rand_error"], abs=1e-12)
+        assert information_score(table) == pytest.approx(scores["v_info"], abs=1e-12)
 
 
 def test_the_board_pools_object_matches_over_images() -> None:
@@ -282,3 +284,9 @@ def test_the_board_pools_object_matches_over_images() -> None:
     summary = board.summary()
     assert summary["ap50"] == pytest.approx(2 / (2 + 1 + 2))  # TP 2; FP 1 and FN 2 from the merged image
     assert summary["count_error"] == pytest.approx(0.5)
+
+
+def test_every_object_score_has_a_name() -> None:
+    """The keys the matching writes are the ones names.py lists (tables, trainer.monitor, sweeps read them)."""
+    assert set(InstanceCounts.empty().scores()) == {score.key for score in INSTANCE_SCORES}
+    assert [score.key for score in INSTANCE_SCORES if score.lower_is_better] == ["count_error"]

@@ -16,7 +16,6 @@ from unetseg.data.labels import LabelRule
 from unetseg.data.normalize import PercentileNormalizer
 from unetseg.data.pairing import pair_by_stem
 from unetseg.data.synthetic import synthetic_sample
-from unetseg.data.targets import boundary_target
 from unetseg.io.images import list_images, read_image, read_label
 from unetseg.runtime.errors import UserError
 from unetseg.runtime.paths import user_path
@@ -112,10 +111,7 @@ def synthetic_images(
     for index in range(count):
         image, objects = synthetic_sample(kind, seed, index, size)
         images.append(normalizer(image[None]))
-        if rule.target == "boundary":
-            labels.append(boundary_target(objects, rule.boundary_width))
-        else:
-            labels.append((objects > 0).astype(np.uint8))
+        labels.append(rule.classes_of_objects(objects))
         instances.append(objects)
     names = [f"synthetic_{seed}_{index:04d}" for index in range(count)]
     return LabelledImages(images, labels, names, instances=instances)

@@ -26,8 +26,14 @@ class LabelRule:
         instances = instance_map(label, self.encoding)
         if self.target == "boundary":
             instances = require_instances(instances, path)
-            return boundary_target(instances, self.boundary_width), instances
+            return self.classes_of_objects(instances), instances
         return encode_label(label, self.num_classes, self.encoding, path), instances
+
+    def classes_of_objects(self, instances: np.ndarray) -> np.ndarray:
+        """The training target of an instance map: background/interior/boundary, or object vs background."""
+        if self.target == "boundary":
+            return boundary_target(instances, self.boundary_width)
+        return (instances > 0).astype(np.uint8)
 
 
 def encode_label(label: np.ndarray, num_classes: int, encoding: str, path: Path) -> np.ndarray:

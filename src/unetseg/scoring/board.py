@@ -27,23 +27,14 @@ from unetseg.scoring.regions import (
 )
 
 
-def image_scores(
-    predicted: np.ndarray,
-    truth: np.ndarray,
-    class_names: Sequence[str],
-    objects: tuple[np.ndarray, np.ndarray] | None = None,
-) -> dict[str, float]:
-    """Every score of one (H, W) predicted class-id map against its truth. The region scores compare the
-    (predicted, true) ``objects`` when they are given (one definition of the cells for every score), else
-    the connected regions of the classes."""
+def image_scores(predicted: np.ndarray, truth: np.ndarray, class_names: Sequence[str]) -> dict[str, float]:
+    """Every pixel and region score of one (H, W) predicted class-id map against its truth."""
     confusion = ConfusionMatrix(len(class_names))
     confusion.update(torch.from_numpy(predicted), torch.from_numpy(truth))
-    if objects is not None:
-        table = contingency(objects[1], objects[0])
-    else:
-        # The challenge thins predicted borders: membrane pixels join the nearest predicted cell, so a thick
-        # but closed membrane costs nothing; gaps (merged cells) and spurious membranes (split cells) do.
-        table = contingency(connected_regions(truth), fill_background(connected_regions(predicted)))
+    # The challenge thins predicted borders: membrane pixels join the nearest predicted cell, so a thick
+    # but closed membrane costs nothing; gaps (merged cells) and spurious membranes (split cells) do.
+    # (The membrane rule of unetseg.objects makes its cells with these same functions.)
+    table = contingency(connected_regions(truth), fill_background(connected_regions(predicted)))
     return {
         **confusion.scores(class_names),
         RAND_ERROR.key: adapted_rand_error(table),
@@ -72,7 +63,7 @@ class ScoreBoard:
         objects: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> dict[str, float]:
         """Score one image; ``objects``: its (predicted, true) instance maps, for the object scores."""
-        scores = image_scores(predicted, truth, self.class_names, objects)
+        scores = image_scores(predicted, truth, self.class_names)
         if self.objects is not None:
             assert objects is not None, "a board made with objects=True needs the instance maps of every image"
             counts = match_instances(objects[1], objects[0])

@@ -13,6 +13,7 @@ class Score:
     key: str  # in metrics.json / metrics.jsonl, and what trainer.monitor names
     title: str  # column title in tables
     lower_is_better: bool = False
+    in_tables: bool = True  # a column of the console tables (else metrics files only: tables stay readable)
 
 
 LOSS = Score("val_loss", "loss", lower_is_better=True)
@@ -25,11 +26,13 @@ REGION_SCORES = (RAND_ERROR, V_INFO)  # defined per image; a set's value is the 
 # Object scores (unetseg.scoring.instances): a set's value pools the matches of all its images, except the
 # count error (mean over images of |predicted objects - true objects|).
 AP50 = Score("ap50", "AP50")
-AP75 = Score("ap75", "AP75")
-AP = Score("ap", "AP 50-95")
+AP75 = Score("ap75", "AP75", in_tables=False)
+AP = Score("ap", "AP 50-95", in_tables=False)
+F1_50 = Score("f1_50", "F1 50", in_tables=False)
+MATCHED_IOU = Score("matched_iou", "matched IoU", in_tables=False)
 PQ = Score("pq", "PQ")
 COUNT_ERROR = Score("count_error", "count error", lower_is_better=True)
-INSTANCE_SCORES = (AP50, AP75, AP, PQ, COUNT_ERROR)
+INSTANCE_SCORES = (AP50, AP75, AP, F1_50, MATCHED_IOU, PQ, COUNT_ERROR)
 
 
 def dice_of(class_name: str) -> Score:

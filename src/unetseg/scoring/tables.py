@@ -11,8 +11,9 @@ from unetseg.scoring.names import validation_scores
 
 
 def metrics_table(title: str, rows: Sequence[tuple[str, Mapping[str, float]]], class_names: Sequence[str]) -> Table:
-    """One row per (label, scores); a column for every score that some row has (NaN shows as n/a)."""
-    columns = [score for score in validation_scores(class_names) if any(score.key in m for _, m in rows)]
+    """One row per (label, scores); a column for every table score that some row has (NaN shows as n/a)."""
+    shown = [score for score in validation_scores(class_names) if score.in_tables]
+    columns = [score for score in shown if any(score.key in m for _, m in rows)]
     table = Table(title=title, title_justify="left")
     table.add_column("")
     for score in columns:
