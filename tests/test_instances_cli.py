@@ -14,6 +14,7 @@ import tifffile
 
 from conftest import TINY, assert_one_line_error, run_cli, trained_checkpoint
 from unetseg.model.checkpoint import save_checkpoint
+from unetseg.scoring.regions import adapted_rand_error, connected_regions, contingency
 
 pytestmark = pytest.mark.slow
 
@@ -166,3 +167,24 @@ def test_monitor_ap50_needs_objects(tmp_path: Path, dataset: Path) -> None:
         cwd=tmp_path,
     )
     assert_one_line_error(result, "trainer.monitor=ap50 scores objects")
+
+
+def test_membrane_instances_give_evaluates_rand_error(tmp_path: Path) -> None:
+    """One definition of the cells, through the CLI: the instance maps predict writes for a membrane network
+    (nothing dropped) have exactly the adapted Rand error that evaluate reports for the same images."""
+    assert run_cli("synthesize", "output=data", "count=3", "size=96", "seed=9", cwd=tmp_path).returncode == 0
+    train = run_cli("train", *TINY, "trainer.epochs=2", "hydra.run.dir=run", cwd=tmp_path)
+    assert train.returncode == 0, train.stderr
+    common = ["checkpoint=run/checkpoints/best.pt", "instances.min_size=0"]
+    predicted = run_cli("predict", "input=data/image", "output=pred", "save=[instances]", *common, cwd=tmp_path)
+    assert predicted.returncode == 0, predicted.stderr
+    evaluated = run_cli("evaluate", "input=data/image", "labels=data/label", "output=eval", *common, cwd=tmp_path)
+    assert evaluated.returncode == 0, evaluated.stderr
+    per_image = json.loads((tmp_path / "eval" / "metrics.json").read_text())["per_image"]
+    for index in range(3):
+        truth = connected_regions(
+            (cv2.imread(str(tmp_path / "data" / "label" / f"{index}.png"), 0) > 0).astype(np.uint8)
+        )
+        objects = tifffile.imread(tmp_path / "pred" / f"{index}_instances.tif").astype(np.int64)
+        rand_error = adapted_rand_error(contingency(truth, objects))
+        assert rand_error == pytest.approx(per_image[str(index)]["rand_error"], abs=1e-6)
