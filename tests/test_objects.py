@@ -9,6 +9,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from skimage.segmentation import watershed
 
 from unetseg.data.labels import LabelRule
 from unetseg.data.synthetic import nuclei_sample, synthetic_pair, voronoi_sample
@@ -16,6 +17,7 @@ from unetseg.data.targets import BOUNDARY, INTERIOR, boundary_target
 from unetseg.objects.instances import (
     InstanceRule,
     boundary_evidence,
+    flood,
     make_instances,
     resolve_rule,
     touching_edge,
@@ -290,3 +292,19 @@ def test_every_object_score_has_a_name() -> None:
     """The keys the matching writes are the ones names.py lists (tables, trainer.monitor, sweeps read them)."""
     assert set(InstanceCounts.empty().scores()) == {score.key for score in INSTANCE_SCORES}
     assert [score.key for score in INSTANCE_SCORES if score.lower_is_better] == ["count_error"]
+
+
+def test_banded_flood_equals_the_whole_image_flood() -> None:
+    """The watershed runs band by band (bounded memory); on touching nuclei it gives the whole-image result."""
+    tiles = [nuclei_sample(4, index, 128)[1] for index in range(32)]
+    offsets = np.cumsum([0] + [int(tile.max()) for tile in tiles])[:-1]
+    numbered = [tile + (tile > 0) * offset for tile, offset in zip(tiles, offsets, strict=True)]
+    mosaic = np.vstack([np.hstack(numbered[row * 4 : row * 4 + 4]) for row in range(8)])  # 1024 × 512
+    classes = boundary_target(mosaic, 2)
+    foreground = classes > 0
+    _, seeds = cv2.connectedComponents((classes == INTERIOR).astype(np.uint8), connectivity=4, ltype=cv2.CV_32S)
+    elevation = (classes == BOUNDARY).astype(np.float32) + 0.01 * np.random.default_rng(0).random(classes.shape, np.float32)
+    banded = flood(elevation, seeds, foreground, rows=100)
+    whole = watershed(elevation, seeds, mask=foreground)
+    assert np.array_equal(banded, whole)
+    assert len(np.unique(whole)) > 300

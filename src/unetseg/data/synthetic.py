@@ -81,16 +81,21 @@ def voronoi_sample(seed: int, index: int, size: int) -> tuple[np.ndarray, np.nda
     return np.clip(image * 255.0, 0, 255).astype(np.uint8), instances
 
 
-def _ellipse_mask(
+def _ellipse(
     size: int, center: np.ndarray, axes: tuple[float, float], angle: float
-) -> tuple[np.ndarray, np.ndarray]:
-    """Per pixel, (inside the ellipse, squared normalised radius: 0 at the centre, 1 on the edge)."""
-    y, x = np.mgrid[0:size, 0:size].astype(np.float32)
+) -> tuple[tuple[slice, slice], np.ndarray, np.ndarray]:
+    """The ellipse's bounding box in the image, and per pixel of it (inside, squared normalised radius: 0 at
+    the centre, 1 on the edge). Only the box is computed, so large images stay fast."""
+    reach = max(axes) + 1
+    top, left = max(0, int(np.floor(center[0] - reach))), max(0, int(np.floor(center[1] - reach)))
+    bottom, right = min(size, int(np.ceil(center[0] + reach)) + 1), min(size, int(np.ceil(center[1] + reach)) + 1)
+    box = (slice(top, max(top, bottom)), slice(left, max(left, right)))
+    y, x = np.mgrid[box].astype(np.float32)
     cos, sin = np.cos(angle), np.sin(angle)
     u = ((x - center[1]) * cos + (y - center[0]) * sin) / axes[0]
     v = (-(x - center[1]) * sin + (y - center[0]) * cos) / axes[1]
     radius2 = u * u + v * v
-    return radius2 <= 1.0, radius2
+    return box, radius2 <= 1.0, radius2
 
 
 def nuclei_sample(seed: int, index: int, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -107,6 +112,7 @@ def nuclei_sample(seed: int, index: int, size: int) -> tuple[np.ndarray, np.ndar
     brightness = np.zeros((size, size), np.float32)
     placed: list[tuple[np.ndarray, float]] = []
     full_areas: list[int] = []  # of each drawn ellipse (within the image)
+    boxes: list[tuple[slice, slice]] = []
     for _ in range(count):
         axes = (radius * rng.uniform(0.8, 1.35), radius * rng.uniform(0.6, 0.95))
         angle = rng.uniform(0, np.pi)
@@ -117,32 +123,33 @@ def nuclei_sample(seed: int, index: int, size: int) -> tuple[np.ndarray, np.ndar
             center = anchor + distance * np.array([np.sin(direction), np.cos(direction)])
         else:
             center = rng.uniform(0, size, size=2)
-        inside, radius2 = _ellipse_mask(size, center, axes, angle)
+        box, inside, radius2 = _ellipse(size, center, axes, angle)
         if inside.sum() < 12:
             continue
-        covered = instances[inside] > 0
+        covered = instances[box][inside] > 0
         if covered.mean() > 0.5:
             continue
         object_id = len(full_areas) + 1
         full_areas.append(int(inside.sum()))
-        instances[inside] = object_id
+        boxes.append(box)
+        instances[box][inside] = object_id
         # A dome: bright in the middle, falling off towards the edge (so a seam shows where two touch).
         level = rng.uniform(0.35, 1.0)
-        brightness[inside] = level * (0.45 + 0.55 * np.sqrt(1.0 - radius2[inside]))
+        brightness[box][inside] = level * (0.45 + 0.55 * np.sqrt(1.0 - radius2[inside]))
         placed.append((center, float(np.mean(axes))))
     # A nucleus mostly hidden behind later ones is dropped (its visible rest goes dark): the truth holds only
     # objects an expert could outline. One cut in two keeps its larger piece.
     relabelled = np.zeros_like(instances)
     next_id = 1
-    for object_id, full_area in enumerate(full_areas, start=1):
+    for object_id, (full_area, box) in enumerate(zip(full_areas, boxes, strict=True), start=1):
         count_pieces, pieces, stats, _ = cv2.connectedComponentsWithStats(
-            (instances == object_id).astype(np.uint8), connectivity=4
+            (instances[box] == object_id).astype(np.uint8), connectivity=4
         )
         if count_pieces < 2:
             continue
         largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
         if stats[largest, cv2.CC_STAT_AREA] >= max(12, 0.5 * full_area):
-            relabelled[pieces == largest] = next_id
+            relabelled[box][pieces == largest] = next_id
             next_id += 1
     brightness[(instances > 0) & (relabelled == 0)] = 0.0
     instances = relabelled

@@ -33,6 +33,7 @@ from unetseg.runtime.errors import UserError
 from unetseg.scoring.regions import connected_regions, fill_background
 
 METHODS = ("boundary", "distance", "membrane")
+BAND_ROWS, BAND_MARGIN = 512, 128  # the watershed's bands (see flood)
 
 
 @dataclass(frozen=True)
@@ -117,8 +118,7 @@ def make_instances(
             elevation, confident = evidence
         confident = (confident & foreground).astype(np.uint8)
         _, seeds = cv2.connectedComponents(confident, connectivity=4, ltype=cv2.CV_32S)
-        objects = watershed(elevation, seeds, mask=foreground)
-        objects = _keep_unseeded(objects, foreground)
+        objects = _keep_unseeded(flood(elevation, seeds, foreground), foreground)
     else:
         foreground = (classes > 0).astype(np.uint8)
         count, components = cv2.connectedComponents(foreground, connectivity=4, ltype=cv2.CV_32S)
@@ -129,9 +129,30 @@ def make_instances(
         peaks = peaks[np.lexsort((peaks[:, 1], peaks[:, 0]))]  # raster order, so ids run top to bottom
         seeds = np.zeros(classes.shape, np.int32)
         seeds[peaks[:, 0], peaks[:, 1]] = np.arange(1, len(peaks) + 1, dtype=np.int32)
-        objects = watershed(-distance, seeds, mask=foreground > 0)
-        objects = _keep_unseeded(objects, foreground > 0)
+        np.negative(distance, out=distance)  # flood from the centres outwards
+        objects = _keep_unseeded(flood(distance, seeds, foreground > 0), foreground > 0)
     return _finish(objects, rule.min_size)
+
+
+def flood(elevation: np.ndarray, seeds: np.ndarray, mask: np.ndarray, rows: int = BAND_ROWS) -> np.ndarray:
+    """scikit-image's seeded watershed, band by band: each band of ``rows`` rows is flooded within a window
+    ``BAND_MARGIN`` rows larger on both sides, with the seeds (numbered over the whole image) found there.
+
+    Why: ``watershed`` keeps about 30 bytes per pixel of temporaries (a float64 copy of the elevation,
+    padded copies of everything), 2 GB at 8192². Banded, they are those of one window. The result is the
+    whole-image flood wherever a pixel's flooding path from its seed stays within the margin, which holds
+    for objects up to ``BAND_MARGIN`` px tall (tests/test_objects.py compares both on a nuclei mosaic).
+    """
+    height = elevation.shape[0]
+    if height <= rows + 2 * BAND_MARGIN:
+        return watershed(elevation, seeds, mask=mask)
+    objects = np.empty(elevation.shape, np.int32)
+    for top in range(0, height, rows):
+        low, high = max(0, top - BAND_MARGIN), min(height, top + rows + BAND_MARGIN)
+        window = watershed(elevation[low:high], seeds[low:high], mask=mask[low:high])
+        bottom = min(height, top + rows)
+        objects[top:bottom] = window[top - low : bottom - low]
+    return objects
 
 
 def _drop_small(regions: np.ndarray, min_size: int) -> np.ndarray:
