@@ -151,7 +151,7 @@ def test_bad_object_settings_are_one_line(tmp_path: Path, dataset: Path) -> None
         "hydra.run.dir=binary",
         cwd=tmp_path,
     )
-    assert_one_line_error(result, "data.target=boundary needs instance label maps", "0.png")
+    assert_one_line_error(result, "data.target=boundary", "needs instance label maps", "0.png")
     assert not (tmp_path / "binary" / "checkpoints").exists()
 
 

@@ -124,8 +124,14 @@ def test_rule_choice_and_refusals() -> None:
 
 def test_binary_labels_cannot_train_the_boundary_target() -> None:
     rule = LabelRule(3, "auto", "boundary", 2)
-    with pytest.raises(UserError, match=r"data.target=boundary needs instance label maps .* is a binary mask"):
+    with pytest.raises(UserError, match=r"needs instance label maps .* is a binary mask"):
         rule.apply(np.array([[0, 255], [255, 0]], np.uint8), Path("a.png"))
+    blobs = np.zeros((9, 9), np.uint16)
+    blobs[1:3, 1:3] = blobs[5:8, 5:8] = 65535  # a 16-bit binary mask of two blobs is a mask, not one object
+    assert LabelRule(1).apply(blobs, Path("b.png"))[1] is None
+    assert LabelRule(1, "instance").apply(blobs, Path("b.png"))[1] is not None
+    single = (blobs > 0).astype(np.uint16) * 7  # a 16-bit instance map that holds one object (id 7)
+    assert LabelRule(3, "auto", "boundary").apply(single, Path("c.png"))[1].max() == 7
     classes, instances = rule.apply(two_touching_discs().astype(np.uint16), Path("a.png"))
     assert instances is not None and instances.max() == 2 and classes.max() == BOUNDARY
 
@@ -303,8 +309,23 @@ def test_banded_flood_equals_the_whole_image_flood() -> None:
     classes = boundary_target(mosaic, 2)
     foreground = classes > 0
     _, seeds = cv2.connectedComponents((classes == INTERIOR).astype(np.uint8), connectivity=4, ltype=cv2.CV_32S)
-    elevation = (classes == BOUNDARY).astype(np.float32) + 0.01 * np.random.default_rng(0).random(classes.shape, np.float32)
+    elevation = (classes == BOUNDARY).astype(np.float32) + 0.01 * np.random.default_rng(0).random(
+        classes.shape, np.float32
+    )
     banded = flood(elevation, seeds, foreground, rows=100)
     whole = watershed(elevation, seeds, mask=foreground)
     assert np.array_equal(banded, whole)
     assert len(np.unique(whole)) > 300
+
+
+def test_banded_flood_keeps_tall_objects_whole() -> None:
+    """Objects far taller than a band (two touching 1000-px strips, one seed each) stay two objects."""
+    mask = np.zeros((1200, 60), bool)
+    mask[100:1100, 10:50] = True
+    seeds = np.zeros(mask.shape, np.int32)
+    seeds[120, 20], seeds[1080, 40] = 1, 2
+    elevation = np.zeros(mask.shape, np.float32)
+    elevation[:, 30] = 1.0  # a ridge down the middle: strip 1 left of it, strip 2 right
+    banded = flood(elevation, seeds, mask, rows=100)
+    assert np.array_equal(banded, watershed(elevation, seeds, mask=mask))
+    assert set(np.unique(banded)) == {0, 1, 2}

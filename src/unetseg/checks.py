@@ -123,6 +123,7 @@ def _check_training_recipe(cfg: TrainConfig) -> None:
         f"trainer.monitor={t.monitor}: not a validation score; use one of {', '.join(scores)}",
     )
     if t.monitor in [score.key for score in INSTANCE_SCORES]:
+        _require(t.object_scores, f"trainer.monitor={t.monitor} scores objects: set trainer.object_scores=true")
         try:
             resolve_rule("auto", d.target.value, list(d.class_names))
         except UserError as error:
@@ -205,7 +206,7 @@ def check_evaluate(cfg: EvaluateConfig) -> None:
 def check_synthesize(cfg: SynthesizeConfig) -> None:
     _require(cfg.output is not None, "output is not set: e.g. unetseg synthesize output=data/synthetic")
     _require(cfg.count >= 1, f"count={cfg.count}: must be at least 1")
-    _require(cfg.size >= 16, f"size={cfg.size}: must be at least 16 pixels")
+    _require(16 <= cfg.size <= 4096, f"size={cfg.size}: must be between 16 and 4096 pixels")
 
 
 def check_export(cfg: ExportConfig) -> None:

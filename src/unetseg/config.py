@@ -223,6 +223,7 @@ class TrainerConfig:
     mlflow_experiment: str = MISSING
     report_images: int = MISSING
     save_last: bool = MISSING
+    object_scores: bool = MISSING
 
 
 @dataclass

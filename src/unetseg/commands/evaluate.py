@@ -7,11 +7,10 @@ import json
 import logging
 import math
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from unetseg.config import EvaluateConfig, TrainingTarget
+from unetseg.config import EvaluateConfig
 from unetseg.data.dataset import LabelledImages, load_pairs, load_splits
 from unetseg.data.labels import LabelRule
 from unetseg.inference.evaluation import score_images
@@ -38,10 +37,7 @@ def labelled_images(cfg: EvaluateConfig, predictor: Predictor) -> tuple[Labelled
         images, labels = user_path(cfg.input), user_path(cfg.labels)
         items = load_pairs(images, labels, spec.in_channels, rule, normalizer)
         return items, f"{images} with labels {labels}"
-    data = cfg.data
-    if checkpoint.target == "boundary" and data.target.value != "boundary":
-        data = replace(data, target=TrainingTarget.boundary, boundary_width=checkpoint.boundary_width)
-    train, val = load_splits(data, spec.in_channels, rule, normalizer)
+    train, val = load_splits(cfg.data, spec.in_channels, rule, normalizer)
     chosen = {"val": val, "train": train, "all": train + val}[cfg.split]
     where = cfg.data.root if cfg.data.root is not None else "synthetic data"
     return chosen, f"{where} · split {cfg.split} ({', '.join(chosen.names[:6])}{' ...' if len(chosen) > 6 else ''})"
@@ -69,11 +65,11 @@ def object_report(counts: InstanceCounts, predictor: Predictor) -> dict[str, Any
 def evaluate(cfg: EvaluateConfig, run_dir: Path) -> dict[str, Any]:
     path = find_checkpoint(cfg.checkpoint, cfg.runs_root)
     predictor = build_predictor(cfg, path)
-    settings = objects_settings(cfg)
+    method, settings = objects_settings(cfg)
     try:
-        predictor.use_instances(*settings)
+        predictor.use_instances(method, **settings)
     except UserError:
-        if settings[0] != "auto":
+        if method != "auto":
             raise  # asked for objects this network cannot give; with auto, such a network is scored without
 
     class_names = predictor.checkpoint.class_names

@@ -42,7 +42,8 @@ def predict(cfg: PredictConfig, run_dir: Path) -> dict[str, Any]:
         predictor.in_channels,
     )
     if plan.makes_objects:
-        predictor.use_instances(*objects_settings(cfg))
+        method, settings = objects_settings(cfg)
+        predictor.use_instances(method, **settings)
     world = current_world()
     ranks = f" · {world.size} processes, each predicts 1/{world.size} of the files" if world.distributed else ""
     console.print(f"[bold]{predictor.describe()}{ranks}[/]")

@@ -17,7 +17,6 @@ from skimage.segmentation import find_boundaries
 
 from unetseg.runtime.errors import UserError
 
-BOUNDARY_CLASSES = ("background", "interior", "boundary")
 INTERIOR, BOUNDARY = 1, 2  # class ids of the boundary target
 
 
@@ -34,12 +33,20 @@ def boundary_target(instances: np.ndarray, width: int) -> np.ndarray:
 
 
 def instance_map(label: np.ndarray, encoding: str) -> np.ndarray | None:
-    """The label as int32 object ids if it is an instance map under ``encoding`` (``instance``; or, in
-    ``auto``, a 16/32-bit file, or an 8-bit one with more than two values); None for a binary mask."""
+    """The label as int32 object ids if it is an instance map under ``encoding``; None for a binary mask.
+
+    ``instance``: always. ``auto``: more than two values; or a 16/32-bit file with one object, unless that
+    object's value is the dtype's maximum (0/65535 is how masks are saved in 16 bits: three blobs of 65535
+    are three objects of a mask, not one object). 8-bit files with two values are masks.
+    """
     if encoding == "binary":
         return None
-    if encoding == "auto" and label.dtype.itemsize == 1 and np.unique(label).size <= 2:
-        return None
+    if encoding == "auto":
+        values = np.unique(label)
+        integers = np.issubdtype(label.dtype, np.integer) and label.dtype.itemsize > 1
+        one_object_map = integers and values[-1] != np.iinfo(label.dtype).max
+        if values.size <= 2 and not one_object_map:
+            return None
     return label.astype(np.int32, copy=False)
 
 
@@ -47,8 +54,8 @@ def require_instances(instances: np.ndarray | None, path: Path) -> np.ndarray:
     """The instance map that ``data.target=boundary`` needs, or a one-line error for a binary mask."""
     if instances is None:
         raise UserError(
-            f"data.target=boundary needs instance label maps (one id per object, e.g. a 16-bit PNG or TIFF), but "
-            f"{path} is a binary mask: give instance maps, set data.label_encoding=instance if the 8-bit ids are "
-            "already one per object, or train data.target=mask"
+            f"the boundary target (data.target=boundary, or a checkpoint trained with it) needs instance label maps "
+            f"(one id per object, e.g. a 16-bit PNG or TIFF), but {path} is a binary mask: give instance maps, or "
+            "set data.label_encoding=instance if its values are already one id per object (e.g. a single object)"
         )
     return instances

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -15,7 +16,7 @@ from unetseg.inference.sliding_window import Prepare, assemble, blended_rows, co
 from unetseg.model import fold_batchnorm
 from unetseg.model.checkpoint import Checkpoint, load_checkpoint
 from unetseg.model.head import classes_from_probabilities, to_probabilities
-from unetseg.objects.instances import InstanceRule, boundary_evidence, make_instances, resolve_rule
+from unetseg.objects.instances import InstanceRule, boundary_evidence, make_instances, objects_from, resolve_rule
 from unetseg.runtime.device import resolve_device
 from unetseg.runtime.errors import UserError
 from unetseg.runtime.precision import FastPath, choose_fast_path
@@ -62,19 +63,16 @@ class Predictor:
         self.model = fast.prepare_model(fold_batchnorm(checkpoint.build_network()))
         self.instance_rule: InstanceRule | None = None  # set when objects are asked for
 
-    def use_instances(self, method: str, min_size: int, min_distance: int, seed_margin: float = 0.5) -> InstanceRule:
+    def use_instances(self, method: str, **settings: Any) -> InstanceRule:
         """Make objects with this rule from now on (one-line error if the network has no foreground)."""
         c = self.checkpoint
-        self.instance_rule = resolve_rule(method, c.target, c.class_names, min_size, min_distance, seed_margin)
+        self.instance_rule = resolve_rule(method, c.target, c.class_names, **settings)
         return self.instance_rule
 
     def objects_of(self, classes: np.ndarray, probabilities: np.ndarray | None = None) -> np.ndarray:
         """(H, W) class ids (and their (K, H, W) probabilities, for boundary networks) → object ids."""
         assert self.instance_rule is not None, "use_instances first"
-        evidence = None
-        if probabilities is not None and self.instance_rule.needs_boundary_probability:
-            evidence = boundary_evidence(probabilities, self.instance_rule)
-        return make_instances(classes, self.instance_rule, evidence)
+        return objects_from(classes, probabilities, self.instance_rule)
 
     def describe(self) -> str:
         """e.g. ``cpu · bf16 autocast (avx512_bf16) · … · 512-px tiles, overlap 0.5 · TTA none · threshold 0.5``"""
@@ -189,10 +187,10 @@ def build_predictor(cfg: InferenceConfig, path: Path) -> Predictor:
     return Predictor(load_checkpoint(path), fast, cfg.threshold, tiling)
 
 
-def objects_settings(cfg: InferenceConfig) -> tuple[str, int, int, float]:
-    """(method, min_size, min_distance, seed_margin) of the ``instances`` settings, for use_instances."""
+def objects_settings(cfg: InferenceConfig) -> tuple[str, dict[str, Any]]:
+    """(method, the other settings) of the ``instances`` config, for Predictor.use_instances."""
     i = cfg.instances
-    return i.method.value, i.min_size, i.min_distance, i.seed_margin
+    return i.method.value, {"min_size": i.min_size, "min_distance": i.min_distance, "seed_margin": i.seed_margin}
 
 
 def _stored(probabilities: np.ndarray, dtype: np.dtype) -> np.ndarray:

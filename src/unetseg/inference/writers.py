@@ -15,7 +15,7 @@ An ordinary image (``<stem>.*``) gives:
 
 A multi-page TIFF stack gives the same files as multi-page TIFFs, one page per input page: ``<stem>.tif``
 (and ``<stem>_ids.tif``), ``<stem>_probability[_<class>].tif`` (always float32), ``<stem>_overlay.tif``,
-``<stem>_instances.tif``, and one ``<stem>_objects.csv`` for the whole stack with a page column.
+``<stem>_instances.tif`` (uint32), and one ``<stem>_objects.csv`` for the whole stack with a page column.
 Every file appears atomically; a stack's files appear once their last page is written.
 """
 
@@ -175,10 +175,8 @@ def object_rows(plan: OutputPlan, result: Segmentation, page: int | None = None)
     return measure_objects(result.instances, result.image, plan.pixel_size, page)
 
 
-def write_image(folder: Path, plan: OutputPlan, stem: str, result: Segmentation) -> list[dict[str, float | int]]:
-    """All chosen outputs of an ordinary image, each file written atomically; returns the objects' rows
-    (empty when objects are not measured)."""
-    rows: list[dict[str, float | int]] = []
+def write_image(folder: Path, plan: OutputPlan, stem: str, result: Segmentation) -> None:
+    """All chosen outputs of an ordinary image, each file written atomically."""
     for file in plan.files(stem, stack=False):
         if file.content == "objects":
             rows = object_rows(plan, result)
@@ -190,15 +188,14 @@ def write_image(folder: Path, plan: OutputPlan, stem: str, result: Segmentation)
         else:
             with tiff_writer(folder / file.name) as append:
                 append(page)
-    return rows
 
 
 @contextmanager
 def stack_writer(
     folder: Path, plan: OutputPlan, stem: str, pages: int, page_pixels: int
-) -> Iterator[Callable[[Segmentation], list[dict[str, float | int]]]]:
-    """``add(result)`` appends one page to every output stack (and returns that page's object rows); the
-    stacks, and the one objects CSV, appear when the block completes.
+) -> Iterator[Callable[[Segmentation], None]]:
+    """``add(result)`` appends one page to every output stack; the stacks appear when the block completes,
+    then the one objects CSV of the whole stack. Object ids are uint32 in a stack (one dtype for all pages).
 
     ``page_pixels`` (of the first page) sizes the files: from 2 GiB on they are written as BigTIFF.
     """
@@ -214,15 +211,17 @@ def stack_writer(
             appenders.append(stack.enter_context(tiff_writer(folder / file.name, bigtiff=big)))
         page_number = 0
 
-        def add(result: Segmentation) -> list[dict[str, float | int]]:
+        def add(result: Segmentation) -> None:
             nonlocal page_number
             page_number += 1
             for file, append in zip(tiffs, appenders, strict=True):
-                append(plan.render(file, result), plan.palette(file))
-            rows = object_rows(plan, result, page_number) if table is not None else []
-            all_rows.extend(rows)
-            return rows
+                page = plan.render(file, result)
+                if file.content == "instances":
+                    page = page.astype(np.uint32)  # one dtype for every page: readers take a stack as one array
+                append(page, plan.palette(file))
+            if table is not None:
+                all_rows.extend(object_rows(plan, result, page_number))
 
         yield add
-        if table is not None:  # before the stacks close: all the files appear, or none
-            write_text_atomic(folder / table.name, csv_text(all_rows, columns(plan.channels, plan.pixel_size, True)))
+    if table is not None:  # once the stacks are in place
+        write_text_atomic(folder / table.name, csv_text(all_rows, columns(plan.channels, plan.pixel_size, True)))

@@ -32,8 +32,7 @@ from unetseg.data.targets import BOUNDARY, INTERIOR
 from unetseg.runtime.errors import UserError
 from unetseg.scoring.regions import connected_regions, fill_background
 
-METHODS = ("boundary", "distance", "membrane")
-BAND_ROWS, BAND_MARGIN = 512, 128  # the watershed's bands (see flood)
+BAND_ROWS = 512  # the watershed's bands (see flood)
 
 
 @dataclass(frozen=True)
@@ -50,19 +49,13 @@ class InstanceRule:
         return self.method == "boundary"
 
     def describe(self) -> str:
-        extra = f", min_distance {self.min_distance}" if self.method == "distance" else ""
-        return f"objects by {self.method} watershed (min_size {self.min_size}{extra})"
+        extra = {"distance": f", min_distance {self.min_distance}", "boundary": f", seed_margin {self.seed_margin}"}
+        return f"objects by {self.method} watershed (min_size {self.min_size}{extra.get(self.method, '')})"
 
 
-def resolve_rule(
-    method: str,
-    target: str,
-    class_names: list[str],
-    min_size: int = 10,
-    min_distance: int = 5,
-    seed_margin: float = 0.5,
-) -> InstanceRule:
-    """The rule for a network trained for ``target`` with these classes; one line if none fits."""
+def resolve_rule(method: str, target: str, class_names: list[str], **settings: Any) -> InstanceRule:
+    """The rule for a network trained for ``target`` with these classes (``settings``: min_size,
+    min_distance, seed_margin; InstanceRule's defaults otherwise); one line if none fits."""
     binary = len(class_names) <= 2
     if method == "auto":
         if target == "boundary":
@@ -84,7 +77,7 @@ def resolve_rule(
             f"instances.method={method} needs a two-class network; this one has {len(class_names)} classes "
             f"({', '.join(class_names)}): use instances.method=auto"
         )
-    return InstanceRule(method, min_size, min_distance, seed_margin)
+    return InstanceRule(method, **settings)
 
 
 def boundary_evidence(probabilities: np.ndarray, rule: InstanceRule) -> tuple[np.ndarray, np.ndarray]:
@@ -92,6 +85,14 @@ def boundary_evidence(probabilities: np.ndarray, rule: InstanceRule) -> tuple[np
     rule needs, compactly: (boundary probability × 255 as uint8, confident interior as bool)."""
     boundary = np.rint(np.clip(probabilities[BOUNDARY], 0, 1) * 255).astype(np.uint8)
     return boundary, probabilities[INTERIOR] - probabilities[BOUNDARY] >= rule.seed_margin
+
+
+def objects_from(classes: np.ndarray, probabilities: np.ndarray | None, rule: InstanceRule) -> np.ndarray:
+    """A whole image's objects from its class ids and (K, H, W) probabilities (used by the boundary rule)."""
+    evidence = None
+    if probabilities is not None and rule.needs_boundary_probability:
+        evidence = boundary_evidence(probabilities, rule)
+    return make_instances(classes, rule, evidence)
 
 
 def instance_dtype(count: int) -> type[np.unsignedinteger[Any]]:
@@ -121,7 +122,7 @@ def make_instances(
         objects = _keep_unseeded(flood(elevation, seeds, foreground), foreground)
     else:
         foreground = (classes > 0).astype(np.uint8)
-        count, components = cv2.connectedComponents(foreground, connectivity=4, ltype=cv2.CV_32S)
+        _, components = cv2.connectedComponents(foreground, connectivity=4, ltype=cv2.CV_32S)
         distance = cv2.distanceTransform(foreground, cv2.DIST_L2, cv2.DIST_MASK_5)
         peaks = peak_local_max(
             distance, min_distance=max(1, rule.min_distance), labels=components, exclude_border=False
@@ -135,28 +136,45 @@ def make_instances(
 
 
 def flood(elevation: np.ndarray, seeds: np.ndarray, mask: np.ndarray, rows: int = BAND_ROWS) -> np.ndarray:
-    """scikit-image's seeded watershed, band by band: each band of ``rows`` rows is flooded within a window
-    ``BAND_MARGIN`` rows larger on both sides, with the seeds (numbered over the whole image) found there.
+    """scikit-image's seeded watershed within ``mask``, band by band in bounded memory, with the result of
+    one whole-image call.
 
     Why: ``watershed`` keeps about 30 bytes per pixel of temporaries (a float64 copy of the elevation,
-    padded copies of everything), 2 GB at 8192². Banded, they are those of one window. The result is the
-    whole-image flood wherever a pixel's flooding path from its seed stays within the margin, which holds
-    for objects up to ``BAND_MARGIN`` px tall (tests/test_objects.py compares both on a nuclei mosaic).
+    padded copies of everything): 2 GB at 8192². A masked flood never crosses from one connected
+    component of the mask to another, so each band of ``rows`` rows is flooded in a window grown to hold
+    every component it touches whole, with the seeds numbered over the whole image: the same objects, and
+    memory bounded by the largest component instead of the image.
     """
     height = elevation.shape[0]
-    if height <= rows + 2 * BAND_MARGIN:
+    if height <= 2 * rows:
         return watershed(elevation, seeds, mask=mask)
-    objects = np.empty(elevation.shape, np.int32)
+    _, components, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=4, ltype=cv2.CV_32S)
+    tops = stats[:, cv2.CC_STAT_TOP]
+    bottoms = tops + stats[:, cv2.CC_STAT_HEIGHT]
+    objects = np.zeros(elevation.shape, np.int32)
     for top in range(0, height, rows):
-        low, high = max(0, top - BAND_MARGIN), min(height, top + rows + BAND_MARGIN)
-        window = watershed(elevation[low:high], seeds[low:high], mask=mask[low:high])
         bottom = min(height, top + rows)
+        touched = np.unique(components[top:bottom])
+        touched = touched[touched > 0]
+        if touched.size == 0:
+            continue
+        low, high = min(top, int(tops[touched].min())), max(bottom, int(bottoms[touched].max()))
+        window = watershed(elevation[low:high], seeds[low:high], mask=mask[low:high])
         objects[top:bottom] = window[top - low : bottom - low]
     return objects
 
 
+def _sizes(objects: np.ndarray) -> np.ndarray:
+    """Pixels per id, counted a band at a time (np.bincount would first copy the map as int64)."""
+    count = int(objects.max()) + 1
+    sizes = np.zeros(count, np.int64)
+    for top in range(0, objects.shape[0], BAND_ROWS):
+        sizes += np.bincount(objects[top : top + BAND_ROWS].ravel(), minlength=count)
+    return sizes
+
+
 def _drop_small(regions: np.ndarray, min_size: int) -> np.ndarray:
-    sizes = np.bincount(regions.ravel())
+    sizes = _sizes(regions)
     small = sizes < min_size
     small[0] = False
     return np.where(small[regions], 0, regions) if small.any() else regions
@@ -167,16 +185,16 @@ def _keep_unseeded(objects: np.ndarray, foreground: np.ndarray) -> np.ndarray:
     missed = foreground & (objects == 0)
     if not missed.any():
         return objects
-    count, pieces = cv2.connectedComponents(missed.astype(np.uint8), connectivity=4, ltype=cv2.CV_32S)
-    objects = objects.astype(np.int64)
+    _, pieces = cv2.connectedComponents(missed.astype(np.uint8), connectivity=4, ltype=cv2.CV_32S)
+    objects = objects.astype(np.int32, copy=False)
     objects[missed] = pieces[missed] + objects.max()
     return objects
 
 
 def _finish(objects: np.ndarray, min_size: int) -> np.ndarray:
     """Drop objects under ``min_size`` px and renumber the rest 1..n in their order, in the smallest dtype.
-    A lookup table per id (no sort of the pixels): memory stays at one output map."""
-    sizes = np.bincount(objects.ravel())
+    A lookup table per id (no sort of the pixels)."""
+    sizes = _sizes(objects)
     keep = sizes >= min_size
     keep[0] = False
     lookup = np.zeros(sizes.size, np.int64)

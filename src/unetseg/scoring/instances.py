@@ -7,11 +7,13 @@ the pair's IoU is at least t.
   "average precision" TP / (TP + FP + FN).
 - Mean matched IoU (segmentation quality) and panoptic quality = mean matched IoU × F1, at t = 0.5.
 
-Matching: only pairs with IoU ≥ 0.5 can count at any threshold, and an object has at most two such
-partners (two at exactly 0.5), so the candidate pairs are few. For each threshold the matching with the
-most pairs (ties: the highest total IoU) is found with ``scipy.optimize.linear_sum_assignment`` on those
-candidates: optimal, not greedy, and cheap even for thousands of objects. Undefined ratios (0/0, e.g.
-precision with no predicted object) are NaN and left out of means.
+Matching, exact and without a dense objects × objects matrix: only pairs with IoU ≥ 0.5 can count. An
+object in a pair with IoU > 0.5 has no other partner with IoU ≥ 0.5 (the two overlaps would exceed the
+object), so those pairs are matches as they are, at every threshold they reach. What remains are pairs at
+exactly 0.5 (an object cut into two equal halves), where one object can have two partners: the largest
+set of disjoint ones is a maximum bipartite matching (``scipy.sparse.csgraph.maximum_bipartite_matching``,
+on a sparse graph of those pairs only). Undefined ratios (0/0, e.g. precision with no predicted object)
+are NaN and left out of means.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
+from scipy.sparse import csr_matrix
+from scipy.sparse.csgraph import maximum_bipartite_matching
 
 THRESHOLDS = tuple(round(0.5 + 0.05 * step, 2) for step in range(10))
 
@@ -105,27 +108,15 @@ def pair_ious(truth: np.ndarray, predicted: np.ndarray) -> tuple[int, int, np.nd
 def match_instances(truth: np.ndarray, predicted: np.ndarray) -> InstanceCounts:
     """Match the objects of two (H, W) instance maps one to one at every threshold of THRESHOLDS."""
     true_count, predicted_count, rows, columns, ious = pair_ious(truth, predicted)
-    candidates = ious >= THRESHOLDS[0]
-    rows, columns, ious = rows[candidates], columns[candidates], ious[candidates]
-    matches = np.zeros(len(THRESHOLDS), np.int64)
-    matched_iou_sum = 0.0
-    if ious.size:
-        row_ids, row_index = np.unique(rows, return_inverse=True)
-        column_ids, column_index = np.unique(columns, return_inverse=True)
-        for step, threshold in enumerate(THRESHOLDS):
-            valid = ious >= threshold
-            if not valid.any():
-                break
-            # Most matches first; among equally many, the largest total IoU (the IoU term sums to < 1).
-            gain = np.zeros((row_ids.size, column_ids.size))
-            gain[row_index[valid], column_index[valid]] = 1.0 + ious[valid] / (2.0 * valid.sum())
-            chosen_rows, chosen_columns = linear_sum_assignment(gain, maximize=True)
-            kept = gain[chosen_rows, chosen_columns] > 0
-            matches[step] = int(kept.sum())
-            if step == 0:
-                lookup = dict(
-                    zip(zip(row_index.tolist(), column_index.tolist(), strict=True), ious.tolist(), strict=True)
-                )
-                pairs = zip(chosen_rows[kept].tolist(), chosen_columns[kept].tolist(), strict=True)
-                matched_iou_sum = float(sum(lookup[pair] for pair in pairs))
+    above = ious > 0.5  # disjoint: each of these pairs is a match at every threshold up to its IoU
+    matches = np.array([int(np.count_nonzero(ious[above] >= threshold)) for threshold in THRESHOLDS], np.int64)
+    matched_iou_sum = float(ious[above].sum())
+    tied = ious == 0.5
+    if tied.any():
+        tied_rows, row_index = np.unique(rows[tied], return_inverse=True)
+        tied_columns, column_index = np.unique(columns[tied], return_inverse=True)
+        graph = csr_matrix((np.ones(row_index.size), (row_index, column_index)), (tied_rows.size, tied_columns.size))
+        extra = int(np.count_nonzero(maximum_bipartite_matching(graph, perm_type="column") >= 0))
+        matches[0] += extra
+        matched_iou_sum += 0.5 * extra
     return InstanceCounts(true_count, predicted_count, matches, matched_iou_sum)

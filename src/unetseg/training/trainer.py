@@ -95,7 +95,7 @@ class Trainer:
         normalization = cfg.data.normalization
         self.normalizer = PercentileNormalizer(normalization.low_percentile, normalization.high_percentile)
         self.class_names = list(cfg.data.class_names)
-        self.objects = objects_rule(cfg.data.target.value, self.class_names)
+        self.objects = objects_rule(cfg.data.target.value, self.class_names) if cfg.trainer.object_scores else None
         self.shuffle_generator = torch.Generator()
         self.monitor = Monitor(cfg.trainer.monitor, cfg.trainer.monitor_ema)
         self.first_epoch, self.epoch = 1, 0
@@ -143,6 +143,7 @@ class Trainer:
         cfg, t = self.cfg, self.cfg.trainer
         rule = label_rule(cfg.data, cfg.model.num_classes)
         train, val = load_splits(cfg.data, cfg.model.in_channels, rule, self.normalizer)
+        train.instances = None  # only validation scores objects: 4 bytes per pixel less for the training set
         if t.loss in WEIGHTED:
             boundary = cfg.data.target == TrainingTarget.boundary
             train.weights = [

@@ -10,7 +10,7 @@ import torch
 from unetseg.config import LossName
 from unetseg.data.dataset import LabelledImages
 from unetseg.model.head import classes_from_probabilities, to_probabilities
-from unetseg.objects.instances import InstanceRule, boundary_evidence, make_instances, true_objects
+from unetseg.objects.instances import InstanceRule, objects_from, true_objects
 from unetseg.runtime.distributed import all_reduce_sum, current_world
 from unetseg.runtime.precision import FastPath
 from unetseg.scoring.board import ScoreBoard
@@ -65,11 +65,8 @@ def validate(
             predicted = classes_from_probabilities(probabilities, threshold)[0].to(torch.uint8).cpu().numpy()
             pair = None
             if objects is not None:
-                evidence = None
-                if objects.needs_boundary_probability:
-                    evidence = boundary_evidence(probabilities[0].cpu().numpy(), objects)
-                truth = true_objects(label, items.instances_of(index))
-                pair = (make_instances(predicted, objects, evidence), truth)
+                found = objects_from(predicted, probabilities[0].cpu().numpy(), objects)
+                pair = (found, true_objects(label, items.instances_of(index)))
             board.add(name, predicted, label, pair)
             if len(kept) < previews:
                 kept.append(Preview(name, image, label, predicted))
