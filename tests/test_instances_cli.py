@@ -117,6 +117,13 @@ def test_evaluate_reports_object_scores(nuclei: Path) -> None:
     assert row["tp"] + row["fn"] == objects["true_objects"] and row["tp"] + row["fp"] == objects["predicted_objects"]
 
 
+def test_a_boundary_network_against_masks_points_at_the_instance_maps(nuclei: Path) -> None:
+    result = run_cli(
+        "evaluate", "checkpoint=run/checkpoints/best.pt", "input=data/image", "labels=data/label", cwd=nuclei
+    )
+    assert_one_line_error(result, "is a binary mask", "labels=DIR/instances")
+
+
 def test_instances_from_a_network_without_foreground_is_one_line(tmp_path: Path, dataset: Path) -> None:
     checkpoint = trained_checkpoint(3)  # three classes, trained on masks: nothing to split into objects
     save_checkpoint(checkpoint, tmp_path / "three.pt")
@@ -139,6 +146,8 @@ def test_bad_object_settings_are_one_line(tmp_path: Path, dataset: Path) -> None
             cwd=tmp_path,
         )
         assert_one_line_error(result, f"pixel_size={value}", "positive")
+    result = run_cli("predict", image, "checkpoint=one.pt", "output=out", "save=[mask,instance]", cwd=tmp_path)
+    assert_one_line_error(result, "did you mean instances?")
     assert not (tmp_path / "out").exists()
     result = run_cli("train", "data=folder", f"data.root={dataset}", "data.target=boundary", *TINY, cwd=tmp_path)
     assert_one_line_error(result, "data.target=boundary trains three classes")

@@ -6,6 +6,7 @@ The runner calls the command's check on every variant of the overrides before Hy
 
 from __future__ import annotations
 
+import difflib
 import math
 from collections.abc import Callable
 from typing import Any
@@ -173,9 +174,11 @@ def check_predict(cfg: PredictConfig) -> None:
     )
     check_inference(cfg)
     unknown = [kind for kind in cfg.save if kind not in OUTPUT_KINDS]
+    guesses = [match for kind in unknown for match in difflib.get_close_matches(kind, OUTPUT_KINDS, n=1)]
+    hint = f" (did you mean {', '.join(guesses)}?)" if guesses else ""
     _require(
         bool(cfg.save) and not unknown,
-        f"save={list(cfg.save)}: choose one or more of {', '.join(OUTPUT_KINDS)} (e.g. save=[mask,overlay])",
+        f"save={list(cfg.save)}{hint}: choose one or more of {', '.join(OUTPUT_KINDS)} (e.g. save=[mask,overlay])",
     )
     _require(
         cfg.pixel_size is None or (math.isfinite(cfg.pixel_size) and cfg.pixel_size > 0),

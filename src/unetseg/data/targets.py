@@ -55,7 +55,8 @@ def require_instances(instances: np.ndarray | None, path: Path) -> np.ndarray:
     if instances is None:
         raise UserError(
             f"the boundary target (data.target=boundary, or a checkpoint trained with it) needs instance label maps "
-            f"(one id per object, e.g. a 16-bit PNG or TIFF), but {path} is a binary mask: give instance maps, or "
-            "set data.label_encoding=instance if its values are already one id per object (e.g. a single object)"
+            f"(one id per object, e.g. a 16-bit PNG or TIFF), but {path} is a binary mask: point at the instance maps "
+            "instead (unetseg synthesize writes them to instances/: labels=DIR/instances or data.label_dir=instances); "
+            "only if this file's values already are object ids (a single object) set data.label_encoding=instance"
         )
     return instances

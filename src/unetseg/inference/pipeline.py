@@ -156,6 +156,8 @@ def predict_source(
             if result.instances is not None:
                 count = int(result.instances.max())
                 area = f", mean area {np.count_nonzero(result.instances) / count:.1f} px" if count else ""
+                if count and plan.pixel_size is not None:
+                    area += f" ({np.count_nonzero(result.instances) / count * plan.pixel_size**2:.3g} µm²)"
                 bars.progress.console.print(f"{name}: {count} object(s){area}")
             pixels += height * width
             del image, result  # not alive while the next page is predicted

@@ -119,7 +119,10 @@ def make_instances(
             elevation, confident = evidence
         confident = (confident & foreground).astype(np.uint8)
         _, seeds = cv2.connectedComponents(confident, connectivity=4, ltype=cv2.CV_32S)
-        objects = _keep_unseeded(flood(elevation, seeds, foreground), foreground)
+        del confident
+        objects = flood(elevation, seeds, foreground)
+        del seeds  # the large temporaries go before the next ones are made
+        objects = _keep_unseeded(objects, foreground)
     else:
         foreground = (classes > 0).astype(np.uint8)
         _, components = cv2.connectedComponents(foreground, connectivity=4, ltype=cv2.CV_32S)
@@ -130,8 +133,11 @@ def make_instances(
         peaks = peaks[np.lexsort((peaks[:, 1], peaks[:, 0]))]  # raster order, so ids run top to bottom
         seeds = np.zeros(classes.shape, np.int32)
         seeds[peaks[:, 0], peaks[:, 1]] = np.arange(1, len(peaks) + 1, dtype=np.int32)
+        del components
         np.negative(distance, out=distance)  # flood from the centres outwards
-        objects = _keep_unseeded(flood(distance, seeds, foreground > 0), foreground > 0)
+        objects = flood(distance, seeds, foreground > 0)
+        del seeds, distance
+        objects = _keep_unseeded(objects, foreground > 0)
     return _finish(objects, rule.min_size)
 
 
