@@ -136,15 +136,9 @@ def test_instances_from_a_network_without_foreground_is_one_line(tmp_path: Path,
 
 def test_bad_object_settings_are_one_line(tmp_path: Path, dataset: Path) -> None:
     save_checkpoint(trained_checkpoint(), tmp_path / "one.pt")
+    image = f"input={dataset / 'image'}"
     for value in ("0", "-1"):
-        result = run_cli(
-            "predict",
-            f"input={dataset / 'image'}",
-            "checkpoint=one.pt",
-            "output=out",
-            f"pixel_size={value}",
-            cwd=tmp_path,
-        )
+        result = run_cli("predict", image, "checkpoint=one.pt", "output=out", f"pixel_size={value}", cwd=tmp_path)
         assert_one_line_error(result, f"pixel_size={value}", "positive")
     result = run_cli("predict", image, "checkpoint=one.pt", "output=out", "save=[mask,instance]", cwd=tmp_path)
     assert_one_line_error(result, "did you mean instances?")
