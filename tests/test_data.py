@@ -14,7 +14,7 @@ from unetseg.data.augment import Sample, augment, elastic, intensity, random_cro
 from unetseg.data.dataset import load_folder, load_splits
 from unetseg.data.labels import LabelRule, encode_label
 from unetseg.data.normalize import PercentileNormalizer
-from unetseg.data.pairing import pair_by_stem
+from unetseg.data.pairing import LABEL_SUFFIXES, find_folders, pair_by_stem, pair_files
 from unetseg.data.synthetic import synthetic_pair
 from unetseg.io.atomic import refuse_to_overwrite
 from unetseg.io.images import list_images, read_image, read_label
@@ -293,3 +293,48 @@ def test_one_overwrite_check_names_what_exists(tmp_path: Path) -> None:
     with pytest.raises(UserError, match=r"2 output file\(s\) already exist in .* \(e\.g\. a\.png\)"):
         refuse_to_overwrite([first, second], overwrite=False)
     refuse_to_overwrite([first, second], overwrite=True)
+
+
+def test_pairs_by_the_suffixes_people_use(tmp_path: Path) -> None:
+    for suffix in LABEL_SUFFIXES:
+        root = tmp_path / suffix.strip("_")
+        touch(root / "images", "a.png", "b.tif")
+        touch(root / "masks", f"a{suffix}.png", f"b{suffix}.png")
+        pairing = pair_files(root / "images", root / "masks", None)
+        assert [(i.name, lab.name) for i, lab in pairing.pairs] == [
+            ("a.png", f"a{suffix}.png"),
+            ("b.tif", f"b{suffix}.png"),
+        ]
+        assert f"+ '{suffix}'" in pairing.rule
+
+
+def test_a_given_suffix_and_masks_beside_the_images(tmp_path: Path) -> None:
+    touch(tmp_path, "slice_000.png", "slice_000_annot.png", "slice_001.png", "slice_001_annot.png")
+    pairing = pair_files(tmp_path, tmp_path, "_annot")
+    assert [(i.name, lab.name) for i, lab in pairing.pairs] == [
+        ("slice_000.png", "slice_000_annot.png"),
+        ("slice_001.png", "slice_001_annot.png"),
+    ]
+    beside = tmp_path / "beside"
+    touch(beside, "x.png", "x_mask.png", "y.png", "y_mask.png")
+    image_folder, label_folder, found = find_folders(beside, None, None)
+    assert image_folder == label_folder == beside and "side by side" in found
+    assert "beside the images" in pair_files(image_folder, label_folder, None).rule
+
+
+@pytest.mark.parametrize(("images", "labels"), [("image", "label"), ("images", "masks"), ("imgs", "labels")])
+def test_common_folder_pairs_are_found(tmp_path: Path, images: str, labels: str) -> None:
+    (tmp_path / images).mkdir()
+    (tmp_path / labels).mkdir()
+    assert find_folders(tmp_path, None, None)[:2] == (tmp_path / images, tmp_path / labels)
+
+
+def test_ambiguous_pairings_name_both_candidates(tmp_path: Path) -> None:
+    touch(tmp_path / "image", "a.png")
+    touch(tmp_path / "label", "a_mask.png", "a_gt.png")
+    with pytest.raises(UserError, match=r"paired two ways: a\.png ↔ a_mask\.png or ↔ a_gt\.png.*data\.label_suffix="):
+        pair_files(tmp_path / "image", tmp_path / "label", None)
+    for name in ("images", "masks"):
+        (tmp_path / name).mkdir()
+    with pytest.raises(UserError, match=r"two pairs of folders, image/ \+ label/ and images/ \+ masks/"):
+        find_folders(tmp_path, None, None)

@@ -182,8 +182,9 @@ class NormalizationConfig:
 class DataConfig:
     source: DataSource = MISSING
     root: str | None = MISSING
-    image_dir: str = MISSING
-    label_dir: str = MISSING
+    image_dir: str | None = MISSING
+    label_dir: str | None = MISSING
+    label_suffix: str | None = MISSING
     val_root: str | None = MISSING
     val_fraction: float = MISSING
     class_names: list[str] = MISSING

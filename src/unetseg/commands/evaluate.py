@@ -35,7 +35,7 @@ def labelled_images(cfg: EvaluateConfig, predictor: Predictor) -> tuple[Labelled
     rule = LabelRule(spec.num_classes, cfg.data.label_encoding.value, checkpoint.target, checkpoint.boundary_width)
     if cfg.input is not None and cfg.labels is not None:
         images, labels = user_path(cfg.input), user_path(cfg.labels)
-        items = load_pairs(images, labels, spec.in_channels, rule, normalizer)
+        items = load_pairs(images, labels, spec.in_channels, rule, normalizer, cfg.data.label_suffix)
         return items, f"{images} with labels {labels}"
     train, val = load_splits(cfg.data, spec.in_channels, rule, normalizer)
     chosen = {"val": val, "train": train, "all": train + val}[cfg.split]

@@ -14,9 +14,9 @@ from unetseg.config import AugmentConfig, DataConfig, DataSource
 from unetseg.data.augment import Sample, augment
 from unetseg.data.labels import LabelRule
 from unetseg.data.normalize import PercentileNormalizer
-from unetseg.data.pairing import pair_by_stem
+from unetseg.data.pairing import find_folders, pair_files
 from unetseg.data.synthetic import synthetic_sample
-from unetseg.io.images import list_images, read_image, read_label
+from unetseg.io.images import read_image, read_label
 from unetseg.runtime.errors import UserError
 from unetseg.runtime.paths import user_path
 
@@ -32,6 +32,7 @@ class LabelledImages:
     weights: list[np.ndarray] | None = None  # per-pixel loss weights, for the weighted losses
     # int32 (H, W) object ids per image, None where the label is a mask (its objects: connected regions)
     instances: list[np.ndarray | None] | None = None
+    pairing: str = ""  # how the files were found and paired, for the start-up line
 
     def __len__(self) -> int:
         return len(self.names)
@@ -41,7 +42,9 @@ class LabelledImages:
 
     def _part(self, part: slice) -> LabelledImages:
         instances = None if self.instances is None else self.instances[part]
-        return LabelledImages(self.images[part], self.labels[part], self.names[part], instances=instances)
+        return LabelledImages(
+            self.images[part], self.labels[part], self.names[part], instances=instances, pairing=self.pairing
+        )
 
     def split_last(self, count: int) -> tuple[LabelledImages, LabelledImages]:
         """Hold out the last ``count`` items as one contiguous block (adjacent EM slices correlate)."""
@@ -68,25 +71,39 @@ def _existing_folder(path: Path, what: str) -> Path:
 
 
 def load_folder(
-    root: Path, image_dir: str, label_dir: str, channels: int, rule: LabelRule, normalizer: PercentileNormalizer
+    root: Path,
+    image_dir: str | None,
+    label_dir: str | None,
+    channels: int,
+    rule: LabelRule,
+    normalizer: PercentileNormalizer,
+    label_suffix: str | None = None,
 ) -> LabelledImages:
-    """Read ``root/image_dir`` and ``root/label_dir``, paired by stem; every problem names its file."""
+    """Read a data folder: its images and labels found and paired as unetseg.data.pairing says (folders
+    given or looked for, names by stem or stem + suffix); every problem names its file."""
     _existing_folder(root, "data folder")
-    image_folder = _existing_folder(root / image_dir, f"image folder (data.image_dir={image_dir})")
-    label_folder = _existing_folder(root / label_dir, f"label folder (data.label_dir={label_dir})")
-    return load_pairs(image_folder, label_folder, channels, rule, normalizer)
+    image_folder, label_folder, found = find_folders(root, image_dir, label_dir)
+    _existing_folder(image_folder, f"image folder (data.image_dir={image_dir})")
+    _existing_folder(label_folder, f"label folder (data.label_dir={label_dir})")
+    items = load_pairs(image_folder, label_folder, channels, rule, normalizer, label_suffix)
+    items.pairing = f"{found}, {items.pairing}"
+    return items
 
 
 def load_pairs(
-    image_folder: Path, label_folder: Path, channels: int, rule: LabelRule, normalizer: PercentileNormalizer
+    image_folder: Path,
+    label_folder: Path,
+    channels: int,
+    rule: LabelRule,
+    normalizer: PercentileNormalizer,
+    label_suffix: str | None = None,
 ) -> LabelledImages:
-    """Every image in ``image_folder`` with its label from ``label_folder`` (same stem), normalised."""
+    """Every image in ``image_folder`` with its label from ``label_folder`` (by name: see
+    unetseg.data.pairing), normalised."""
     _existing_folder(image_folder, "image folder")
     _existing_folder(label_folder, "label folder")
-    image_files = list_images(image_folder)
-    if not image_files:
-        raise UserError(f"no images (png, tif, jpg, bmp) in {image_folder}: add images or point at the right folder")
-    pairs = pair_by_stem(image_files, list_images(label_folder), label_folder)
+    pairing = pair_files(image_folder, label_folder, label_suffix)
+    pairs = pairing.pairs
     images, labels, instances = [], [], []
     for image_path, label_path in pairs:
         image = read_image(image_path, channels)
@@ -100,7 +117,7 @@ def load_pairs(
         classes, objects = rule.apply(label, label_path)
         labels.append(classes)
         instances.append(objects)
-    return LabelledImages(images, labels, [path.stem for path, _ in pairs], instances=instances)
+    return LabelledImages(images, labels, [path.stem for path, _ in pairs], instances=instances, pairing=pairing.rule)
 
 
 def synthetic_images(
@@ -134,7 +151,9 @@ def load_splits(
         assert data.root is not None  # check_train guarantees it
 
         def load(root: str) -> LabelledImages:
-            return load_folder(user_path(root), data.image_dir, data.label_dir, channels, rule, normalizer)
+            return load_folder(
+                user_path(root), data.image_dir, data.label_dir, channels, rule, normalizer, data.label_suffix
+            )
 
         everything = load(data.root)
         if data.val_root is not None:

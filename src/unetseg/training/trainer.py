@@ -198,9 +198,10 @@ class Trainer:
         log.info("%s%s", self.fast.describe(), ranks)
         patches = f" ({cfg.data.patch_size}×{cfg.data.patch_size} crops)" if cfg.data.patch_size else ""
         patches += f", {len(self.loader.dataset)} samples per epoch" if cfg.data.samples_per_epoch else ""  # type: ignore[arg-type]
+        pairing = f" ({self.train_items.pairing})" if self.train_items.pairing else ""
         console.print(
-            f"[bold]data[/]: {len(self.train_items)} training{patches}, {len(self.val_items)} validation images · "
-            f"[bold]model[/]: U-Net {self.spec.upsampling.value}, {self.parameters:,} parameters · "
+            f"[bold]data[/]: {len(self.train_items)} training{patches}, {len(self.val_items)} validation images"
+            f"{pairing} · [bold]model[/]: U-Net {self.spec.upsampling.value}, {self.parameters:,} parameters · "
             f"[bold]best by[/]: {monitor.key}{f' (EMA {monitor.ema})' if monitor.ema else ''}"
         )
 
