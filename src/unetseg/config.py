@@ -245,6 +245,7 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     runs_root: str = MISSING
+    verbose: bool = MISSING
 
 
 @dataclass

@@ -44,8 +44,8 @@ def start_loggers(cfg: TrainConfig, run_dir: Path, tree: dict[str, Any], resumed
 def train(cfg: TrainConfig, run_dir: Path) -> dict[str, Any]:
     started = time.time()
     tree = OmegaConf.to_container(OmegaConf.structured(cfg), enum_to_str=True)
-    console.print(config_tree(tree, title="unetseg train"))  # type: ignore[arg-type]
-    console.print(f"run directory: {run_dir}")
+    if cfg.verbose:  # the run directory keeps it anyway, in .hydra/config.yaml
+        console.print(config_tree(tree, title="unetseg train"))  # type: ignore[arg-type]
 
     def open_loggers_for(resumed_from: Path | None) -> Loggers:
         return start_loggers(cfg, run_dir, tree, resumed_from)  # type: ignore[arg-type]

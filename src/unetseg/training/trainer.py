@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import random
 import time
 from collections.abc import Callable
@@ -39,7 +40,7 @@ from unetseg.runtime.distributed import all_reduce_sum, broadcast_buffers, curre
 from unetseg.runtime.errors import UserError
 from unetseg.runtime.paths import user_path
 from unetseg.runtime.precision import choose_fast_path, maybe_compile
-from unetseg.scoring.names import AP50, LOSS, PIXEL_ERROR, RAND_ERROR, dice_of, lower_is_better
+from unetseg.scoring.names import AP50, DICE, LOSS, PIXEL_ERROR, RAND_ERROR, dice_of, lower_is_better, validation_scores
 from unetseg.scoring.tables import metrics_table
 from unetseg.tracking.curves import CurvesFile
 from unetseg.tracking.history import read_history
@@ -192,17 +193,24 @@ class Trainer:
             self.network = DistributedDataParallel(self.evaluated, device_ids=device_ids)
 
     def describe(self) -> None:
-        cfg, monitor = self.cfg, self.monitor
+        """The start-up summary, once everything is loaded and checked (so the run directory it names is
+        the one that will be kept): data, model, recipe, device and precision, monitor."""
+        cfg, t, monitor = self.cfg, self.cfg.trainer, self.monitor
         ranks = f" · {self.world.size} processes ({dist_backend()})" if self.world.distributed else ""
-        console.print(f"[bold]{self.fast.describe()}{ranks}[/]")
         log.info("%s%s", self.fast.describe(), ranks)
         patches = f" ({cfg.data.patch_size}×{cfg.data.patch_size} crops)" if cfg.data.patch_size else ""
         patches += f", {len(self.loader.dataset)} samples per epoch" if cfg.data.samples_per_epoch else ""  # type: ignore[arg-type]
         pairing = f" ({self.train_items.pairing})" if self.train_items.pairing else ""
+        recipe = (
+            f"{cfg.optim.name.value} lr {cfg.optim.lr:g}, {cfg.schedule.name.value}, {t.loss.value}, "
+            f"{t.epochs} epochs × {len(self.loader)} steps of {t.batch_size}"
+        )
         console.print(
             f"[bold]data[/]: {len(self.train_items)} training{patches}, {len(self.val_items)} validation images"
-            f"{pairing} · [bold]model[/]: U-Net {self.spec.upsampling.value}, {self.parameters:,} parameters · "
-            f"[bold]best by[/]: {monitor.key}{f' (EMA {monitor.ema})' if monitor.ema else ''}"
+            f"{pairing} · [bold]model[/]: U-Net {self.spec.upsampling.value} {self.spec.base_channels} wide, "
+            f"{self.parameters:,} parameters · [bold]recipe[/]: {recipe} · [bold]on[/]: {self.fast.describe()}{ranks}"
+            f" · [bold]best by[/]: {monitor.key}{f' (EMA {monitor.ema})' if monitor.ema else ''}"
+            f" · [bold]run[/]: {self.run_dir}"
         )
 
     # ---- resuming ----------------------------------------------------------------------------------------
@@ -366,12 +374,11 @@ class Trainer:
 
     def report_epoch(self, improved: bool) -> None:
         monitor, epochs = self.monitor, self.cfg.trainer.epochs
-        best_label = "best EMA" if monitor.ema else "best"
-        best = "–" if monitor.best is None else f"{monitor.best:.4f}"  # None: every value so far undefined (NaN)
-        status = f"{monitor.key} {self.last[monitor.key]:.4f} ({best_label} {best}"
-        status += f" @ {monitor.best_epoch})"
-        self.bars.epoch_done(status)
-        line = f"epoch {self.epoch}/{epochs} · {epoch_line(self.last, self.class_names)}"
+        # The best epoch's own value, as the final table shows it (the EMA, if any, is what chose it).
+        best = "–" if monitor.best is None else f"{self.best.get(monitor.key, math.nan):.4f} @ {monitor.best_epoch}"
+        smoothed = f", EMA {monitor.best:.4f}" if monitor.ema and monitor.best is not None else ""
+        self.bars.epoch_done(f"{monitor.key} {self.last[monitor.key]:.4f} (best {best}{smoothed})")
+        line = f"epoch {self.epoch}/{epochs} · {epoch_line(self.last, self.class_names, monitor.key)}"
         if self.world.is_main:
             log.info("%s%s", line, " (best)" if improved else "")
         self.bars.print(line + (" · [green]best[/]" if improved else ""))
@@ -487,11 +494,15 @@ def objects_rule(target: str, class_names: list[str]) -> InstanceRule | None:
         return None
 
 
-def epoch_line(metrics: dict[str, float], class_names: list[str]) -> str:
-    parts = [f"train loss {metrics['train_loss']:.4f}", f"val loss {metrics[LOSS.key]:.4f}"]
-    parts += [f"pixel error {metrics[PIXEL_ERROR.key]:.4f}"]
-    parts += [f"Dice {name} {metrics[dice_of(name).key]:.4f}" for name in class_names]
-    parts += [f"Rand error {metrics[RAND_ERROR.key]:.4f}"]
-    if AP50.key in metrics:
-        parts += [f"AP50 {metrics[AP50.key]:.4f}"]
+def epoch_line(metrics: dict[str, float], class_names: list[str], monitor: str) -> str:
+    """The scores that apply to the task: losses, pixel error, Dice per class; the Rand error where the
+    labels are cells separated by a membrane class (class 0 named "membrane": ISBI, data=synthetic), else
+    AP50 where objects are scored; and the monitored score if it is none of these."""
+    shown = [LOSS.key, PIXEL_ERROR.key, *(dice_of(name).key for name in class_names)]
+    shown.append(RAND_ERROR.key if class_names[0].lower() == "membrane" else AP50.key)
+    if monitor not in shown:
+        shown.append(monitor)
+    titles = {score.key: score.title for score in validation_scores(class_names)} | {DICE.key: "mean Dice"}
+    parts = [f"train loss {metrics['train_loss']:.4f}"]
+    parts += [f"{'val loss' if key == LOSS.key else titles[key]} {metrics[key]:.4f}" for key in shown if key in metrics]
     return " · ".join(parts)
