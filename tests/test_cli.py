@@ -156,6 +156,7 @@ def test_sweep_ends_with_a_summary(tmp_path: Path, dataset: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "sweep summary" in result.stdout
+    assert "shared by every job: data=folder" in result.stdout  # the table's rows show only what differs
     sweep_dir = only_run_dir(tmp_path, "sweep")
     rows = list(csv.DictReader((sweep_dir / "summary.csv").open()))
     assert [r["status"] for r in rows] == ["completed", "completed"]

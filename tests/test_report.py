@@ -24,6 +24,7 @@ import torch
 from omegaconf import OmegaConf
 
 from conftest import REPO, TINY, assert_one_line_error, run_cli, write_dataset
+from unetseg.reporting.sweeps import never_predicted
 from unetseg.tracking.curves import CURVES_SIZE
 
 pytestmark = pytest.mark.slow
@@ -316,3 +317,33 @@ def test_ctrl_c_mid_training_is_one_line_and_leaves_a_reportable_run(tmp_path: P
     result = run_cli("report", str(tmp_path / "run"), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "not finished" in (tmp_path / "run" / "report.html").read_text()
+
+
+def test_the_sweep_table_marks_constant_answers_and_the_best_job() -> None:
+    from rich.console import Console
+
+    from unetseg.sweep import summary_table
+
+    def row(job: str, override: str, membrane: float, cell: float) -> dict:
+        scores = {"dice": (membrane + cell) / 2, "dice_membrane": membrane, "dice_cell": cell}
+        return {
+            "job": job,
+            "override_list": ["data=isbi", override],
+            "status": "completed",
+            "monitor": "dice_membrane",
+            "best_scores": scores,
+            "constant": " ".join(never_predicted(scores)),
+            "best_epoch": 3,
+            "epochs": 4,
+            "wall_time_s": 90.0,
+        }
+
+    rows = [row("0", "optim.lr=1e-5", 0.0, 0.87), row("1", "optim.lr=1e-3", 0.81, 0.95)]
+    console = Console(record=True, width=200)
+    console.print(summary_table(rows))
+    text = console.export_text()
+    assert "⚠ never predicts membrane: a constant answer" in text
+    assert "shared by every job: data=isbi" in text and "optim.lr=1e-3" in text
+    line_of_job_1 = next(line for line in text.splitlines() if "optim.lr=1e-3" in line)
+    assert "best" in line_of_job_1 and "0.8100" in line_of_job_1  # best by the monitored membrane Dice
+    assert "data=isbi optim" not in text  # the shared override is not repeated on the rows

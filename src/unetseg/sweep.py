@@ -15,7 +15,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 from rich.table import Table
 
-from unetseg.reporting.sweeps import COLUMNS, summarize, write_sweep_report
+from unetseg.reporting.sweeps import best_job, score_rows, split_overrides, summarize, write_sweep_report
 from unetseg.runtime.console import console
 
 _failed = 0
@@ -39,12 +39,32 @@ def failed_jobs() -> int:
 
 
 def summary_table(rows: list[dict[str, Any]]) -> Table:
-    table = Table(title="sweep summary", title_justify="left")
-    for column in COLUMNS[:-1]:
-        table.add_column(column, justify="right" if column not in ("overrides", "status") else "left")
+    """One row per job: only the overrides that differ between jobs (the shared ones in the caption), the
+    monitored score, Dice per class, a warning on jobs that learned a constant answer, the best job in bold."""
+    monitor = score_rows(rows)
+    best = best_job(rows, monitor)
+    shared, differing = split_overrides(rows)
+    classes = sorted({key for row in rows for key in row.get("best_scores", {}) if key.startswith("dice_")})
+    caption = f"shared by every job: {' '.join(shared)}" if shared else None
+    table = Table(title="sweep summary", title_justify="left", caption=caption, caption_justify="left")
+    headers = ["job", "overrides", "status", f"best {monitor}", *(f"Dice {c.removeprefix('dice_')}" for c in classes)]
+    headers += ["best epoch", "epochs", "minutes", "note"]
+    for header in headers:
+        table.add_column(header, justify="left" if header in ("overrides", "status", "note") else "right")
     for row in rows:
-        style = "" if row["status"] == "completed" else "red"
-        table.add_row(*(str(row.get(column, "")) for column in COLUMNS[:-1]), style=style)
+        scores = row.get("best_scores", {})
+        value = row.get("best_monitored")
+        cells = [row["job"], differing[row["job"]] or "(none)", row["status"], "–" if value is None else f"{value:.4f}"]
+        cells += [f"{scores[c]:.4f}" if c in scores else "–" for c in classes]
+        minutes = f"{row['wall_time_s'] / 60:.1f}" if "wall_time_s" in row else "–"
+        cells += [str(row.get("best_epoch", "–")), str(row.get("epochs", "–")), minutes]
+        note = row.get("error", "") or ""
+        if row.get("constant"):
+            note = f"⚠ never predicts {row['constant']}: a constant answer"
+        if row["job"] == best:
+            note = "best" + (f"; {note}" if note else "")
+        style = "red" if row["status"] != "completed" else ("bold green" if row["job"] == best else "")
+        table.add_row(*cells, note, style=style)
     return table
 
 
