@@ -13,9 +13,10 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.unetseg-installed
 HELDOUT := outputs/heldout-synthetic
-ISBI ?= ../shared/data/isbi2012
+# ISBI 2012, laid out as docs/isbi.md says (train/image, train/label, test): make isbi ISBI=path/to/isbi2012
+ISBI ?= data/isbi2012
 
-.PHONY: install run test test-fast lint bench bench-memory isbi isbi-classic isbi-long clean
+.PHONY: install run test test-fast lint bench bench-memory isbi isbi-classic isbi-long isbi-data clean
 
 install: $(STAMP)
 
@@ -56,15 +57,18 @@ define isbi_run
 		output=outputs/isbi/$(1)/evaluate-flip overwrite=true tta=flip
 endef
 
-isbi: install
+isbi-data:
+	@test -d "$(ISBI)/train" || { echo "no ISBI 2012 data in $(ISBI)/train: get it and lay it out as docs/isbi.md says, then run make $(MAKECMDGOALS) ISBI=path/to/isbi2012" >&2; exit 2; }
+
+isbi: install isbi-data
 	$(call isbi_run,preset,experiment=isbi)
 	$(BIN)/unetseg predict input=$(ISBI)/test checkpoint=outputs/isbi/preset/checkpoints/best.pt \
 		output=outputs/isbi/preset/test save=[mask,overlay] overlay_classes=[membrane] tta=flip overwrite=true
 
-isbi-classic: install
+isbi-classic: install isbi-data
 	$(call isbi_run,classic,data=isbi)
 
-isbi-long: install
+isbi-long: install isbi-data
 	$(call isbi_run,long,experiment=isbi model.base_channels=32 trainer.epochs=72)
 
 clean:

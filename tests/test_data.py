@@ -338,3 +338,10 @@ def test_ambiguous_pairings_name_both_candidates(tmp_path: Path) -> None:
         (tmp_path / name).mkdir()
     with pytest.raises(UserError, match=r"two pairs of folders, image/ \+ label/ and images/ \+ masks/"):
         find_folders(tmp_path, None, None)
+
+
+def test_naming_one_folder_finds_the_other(tmp_path: Path) -> None:
+    for name in ("image", "label", "instances"):
+        (tmp_path / name).mkdir()
+    assert find_folders(tmp_path, None, "instances")[:2] == (tmp_path / "image", tmp_path / "instances")
+    assert find_folders(tmp_path, "image", None)[:2] == (tmp_path / "image", tmp_path / "label")

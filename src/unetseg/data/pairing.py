@@ -113,15 +113,17 @@ def pair_files(image_folder: Path, label_folder: Path, suffix: str | None) -> Pa
     return Pairing(pairs, rule)
 
 
+def _first_folder(root: Path, names: list[str]) -> str:
+    """The first of ``names`` that is a folder in ``root`` (``.``, the root itself, if none is)."""
+    return next((name for name in dict.fromkeys(names) if (root / name).is_dir()), ".")
+
+
 def find_folders(root: Path, image_dir: str | None, label_dir: str | None) -> tuple[Path, Path, str]:
     """(image folder, label folder, how they were found) under a data root."""
-    if image_dir is not None or label_dir is not None:
-        if image_dir is None or label_dir is None:
-            raise UserError(
-                f"data.image_dir={image_dir} and data.label_dir={label_dir}: give both folders, or neither "
-                "(then unetseg looks for image/label, images/masks, ... or masks beside the images)"
-            )
-        return root / image_dir, root / label_dir, f"data.image_dir={image_dir}, data.label_dir={label_dir}"
+    if image_dir is not None or label_dir is not None:  # one named: the other is the usual one there, if any
+        images = image_dir or _first_folder(root, [i for i, _ in FOLDER_PAIRS])
+        labels = label_dir or _first_folder(root, [lab for _, lab in FOLDER_PAIRS])
+        return root / images, root / labels, f"{images}/ and {labels}/".replace("./ and ./", "side by side")
     present = [(i, lab) for i, lab in FOLDER_PAIRS if (root / i).is_dir() and (root / lab).is_dir()]
     if len(present) > 1:
         (a, b), (c, d) = present[:2]
