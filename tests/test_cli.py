@@ -281,3 +281,17 @@ def test_save_last_false_keeps_only_the_best_checkpoint(tmp_path: Path) -> None:
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["best.pt"]
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["checkpoint_last"] is None
     assert "not kept (trainer.save_last=false" in result.stdout
+
+
+def test_training_on_masks_beside_their_images(tmp_path: Path) -> None:
+    """The most common naming in the field, without a flag: 7.png with 7_mask.png in one folder."""
+    source = write_dataset(tmp_path / "d", count=6)
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for image in (source / "image").iterdir():
+        shutil.copy(image, flat / image.name)
+        shutil.copy(source / "label" / image.name, flat / f"{image.stem}_mask.png")
+    result = run_cli("train", "data=folder", f"data.root={flat}", *TINY, "hydra.run.dir=run", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "images and masks side by side, label = image name + '_mask' beside the images" in result.stdout
+    assert "5 training, 1 validation images" in result.stdout
