@@ -61,12 +61,17 @@ def train(cfg: TrainConfig, run_dir: Path) -> dict[str, Any]:
     return summary
 
 
+def same_scores(a: dict[str, float], b: dict[str, float]) -> bool:
+    """Equal records, an undefined score (NaN, e.g. matched IoU without a match) equal to itself."""
+    return a.keys() == b.keys() and all(a[k] == b[k] or (a[k] != a[k] and b[k] != b[k]) for k in a)
+
+
 def finish(cfg: TrainConfig, run_dir: Path, result: TrainResult, started: float, loggers: Loggers) -> dict[str, Any]:
     """metrics.json, report.html and the loggers' last records (on the main process); the closing lines."""
     world = current_world()
     if world.distributed:
         ranks_best = gather_objects(result.best)  # the all-reduced metrics must agree on every rank
-        if world.is_main and any(best != ranks_best[0] for best in ranks_best):
+        if world.is_main and any(not same_scores(best, ranks_best[0]) for best in ranks_best):
             raise RuntimeError(f"validation metrics differ between ranks: {ranks_best}")
         if not world.is_main:
             return {}
