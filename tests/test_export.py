@@ -191,9 +191,8 @@ def median_threshold_checkpoint(checkpoint_path: Path, image_path: Path, path: P
 @pytest.mark.slow
 @needs_onnx
 def test_readme_snippet_reproduces_predict(trained: Path, tmp_path: Path) -> None:
-    """The README's ONNX example (onnxruntime + numpy + opencv only) gives predict's mask."""
-    readme = (REPO / "README.md").read_text()
-    section = readme[readme.index("### Export") :]
+    """The export page's ONNX example (onnxruntime + numpy + opencv only) gives predict's mask."""
+    section = (REPO / "docs" / "export.md").read_text()
     snippet = re.search(r"```python\n(.*?)```", section, re.S)
     assert snippet is not None
     code = snippet.group(1)

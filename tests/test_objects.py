@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 from pathlib import Path
 
 import cv2
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 from skimage.segmentation import watershed
 
+from unetseg.config import register_schemas
 from unetseg.data.labels import LabelRule
 from unetseg.data.synthetic import nuclei_sample, synthetic_pair, voronoi_sample
 from unetseg.data.targets import BOUNDARY, INTERIOR, boundary_target
@@ -24,7 +26,9 @@ from unetseg.objects.instances import (
     true_objects,
 )
 from unetseg.objects.measure import columns, csv_text, measure_objects
+from unetseg.runner import preflight
 from unetseg.runtime.errors import UserError
+from unetseg.runtime.paths import register_resolvers
 from unetseg.scoring.board import ScoreBoard, image_scores
 from unetseg.scoring.instances import THRESHOLDS, InstanceCounts, match_instances
 from unetseg.scoring.names import INSTANCE_SCORES
@@ -329,3 +333,21 @@ def test_banded_flood_keeps_tall_objects_whole() -> None:
     banded = flood(elevation, seeds, mask, rows=100)
     assert np.array_equal(banded, watershed(elevation, seeds, mask=mask))
     assert set(np.unique(banded)) == {0, 1, 2}
+
+
+@pytest.mark.parametrize(
+    ("command", "overrides", "message"),
+    [
+        ("predict", ["input=x", "pixel_size=-1"], "pixel_size=-1.0: give the pixel size in µm as a positive number"),
+        ("predict", ["input=x", "save=[mask,instance]"], "did you mean instances?"),
+        ("predict", ["input=x", "instances.seed_margin=1.5"], "instances.seed_margin=1.5"),
+        ("train", ["data.target=boundary"], "data.target=boundary trains three classes"),
+        ("train", ["model.num_classes=3", "data.class_names=[a,b,c]", "trainer.monitor=ap50"], "scores objects"),
+        ("train", ["trainer.object_scores=false", "trainer.monitor=ap50"], "set trainer.object_scores=true"),
+    ],
+)
+def test_object_settings_are_checked_before_anything_runs(command: str, overrides: list[str], message: str) -> None:
+    register_resolvers()
+    register_schemas()
+    with pytest.raises(UserError, match=re.escape(message)):
+        preflight(command, overrides, multirun=False)
