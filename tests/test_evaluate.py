@@ -10,6 +10,10 @@ import numpy as np
 import pytest
 
 from conftest import TINY, assert_one_line_error, run_cli, write_dataset
+from unetseg.config import register_schemas
+from unetseg.runner import preflight
+from unetseg.runtime.errors import UserError
+from unetseg.runtime.paths import register_resolvers
 from unetseg.scoring.board import ScoreBoard
 
 pytestmark = pytest.mark.slow  # end-to-end: the real CLI in a subprocess (make test-fast skips them)
@@ -82,10 +86,12 @@ def test_evaluate_bad_input(tmp_path: Path, trained: tuple[Path, Path]) -> None:
     checkpoint, data = trained
     only_input = run_cli("evaluate", f"checkpoint={checkpoint}", f"input={data / 'image'}", cwd=tmp_path)
     assert_one_line_error(only_input, "give both input=IMAGES and labels=LABELS")
-    no_data = run_cli("evaluate", f"checkpoint={checkpoint}", cwd=tmp_path)
-    assert_one_line_error(no_data, "nothing to evaluate on", "data.root=")
-    bad_split = run_cli("evaluate", f"checkpoint={checkpoint}", f"data.root={data}", "split=test", cwd=tmp_path)
-    assert_one_line_error(bad_split, "split=test")
+    register_resolvers()  # settings checks through the runner's preflight, as the CLI runs it first
+    register_schemas()
+    with pytest.raises(UserError, match="nothing to evaluate on"):
+        preflight("evaluate", [f"checkpoint={checkpoint}"], multirun=False)
+    with pytest.raises(UserError, match="split=test"):
+        preflight("evaluate", [f"checkpoint={checkpoint}", f"data.root={data}", "split=test"], multirun=False)
     labels = write_dataset(tmp_path / "other", count=2, size=48) / "label"
     (labels / "1.png").unlink()
     unpaired = run_cli(

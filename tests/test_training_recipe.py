@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import cv2
@@ -13,7 +14,10 @@ import pytest
 import torch
 
 from conftest import TINY, assert_one_line_error, run_cli
-from unetseg.config import LossName, OptimConfig, OptimizerName, ScheduleConfig, ScheduleName
+from unetseg.config import LossName, OptimConfig, OptimizerName, ScheduleConfig, ScheduleName, register_schemas
+from unetseg.runner import preflight
+from unetseg.runtime.errors import UserError
+from unetseg.runtime.paths import register_resolvers
 from unetseg.training.border_weights import border_weight_map, class_balance, two_nearest_distances
 from unetseg.training.losses import compute_loss
 from unetseg.training.monitor import Monitor
@@ -201,14 +205,18 @@ def test_early_stopping_and_monitor(tmp_path: Path, dataset: Path) -> None:
 @pytest.mark.slow
 def test_bad_recipe_settings_are_one_line(tmp_path: Path, dataset: Path) -> None:
     args = ["train", "data=folder", f"data.root={dataset}", *TINY]
+    assert_one_line_error(run_cli(*args, "trainer.monitor=accuracy", cwd=tmp_path), "trainer.monitor=accuracy")
+    # The rest through the same check the CLI runs first (the runner's preflight), without a process each.
+    register_resolvers()
+    register_schemas()
     for override, fragment in (
-        ("trainer.monitor=accuracy", "trainer.monitor=accuracy"),
         ("data.augment.elastic=1.5", "data.augment.elastic=1.5"),
         ("data.patch_size=2", "data.patch_size=2"),
         ("trainer.monitor_ema=1", "trainer.monitor_ema=1"),
         ("schedule=cyclic", "schedule"),
     ):
-        assert_one_line_error(run_cli(*args, override, cwd=tmp_path), fragment)
+        with pytest.raises(UserError, match=re.escape(fragment)):
+            preflight("train", args[1:] + [override], multirun=False)
 
 
 @pytest.mark.parametrize("loss", list(LossName))
