@@ -147,9 +147,10 @@ def flood(elevation: np.ndarray, seeds: np.ndarray, mask: np.ndarray, rows: int 
 
     Why: ``watershed`` keeps about 30 bytes per pixel of temporaries (a float64 copy of the elevation,
     padded copies of everything): 2 GB at 8192². A masked flood never crosses from one connected
-    component of the mask to another, so each band of ``rows`` rows is flooded in a window grown to hold
-    every component it touches whole, with the seeds numbered over the whole image: the same objects, and
-    memory bounded by the largest component instead of the image.
+    component of the mask to another, so each band of ``rows`` rows is grown to hold every component it
+    touches whole, overlapping windows are merged, and each window is flooded once, with the seeds numbered
+    over the whole image: the same objects, and memory bounded by the largest window instead of the image
+    (one component spanning the image is one whole-image flood, never one per band).
     """
     height = elevation.shape[0]
     if height <= 2 * rows:
@@ -157,7 +158,7 @@ def flood(elevation: np.ndarray, seeds: np.ndarray, mask: np.ndarray, rows: int 
     _, components, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=4, ltype=cv2.CV_32S)
     tops = stats[:, cv2.CC_STAT_TOP]
     bottoms = tops + stats[:, cv2.CC_STAT_HEIGHT]
-    objects = np.zeros(elevation.shape, np.int32)
+    windows: list[list[int]] = []  # [low, high) row ranges, disjoint, top to bottom
     for top in range(0, height, rows):
         bottom = min(height, top + rows)
         touched = np.unique(components[top:bottom])
@@ -165,8 +166,16 @@ def flood(elevation: np.ndarray, seeds: np.ndarray, mask: np.ndarray, rows: int 
         if touched.size == 0:
             continue
         low, high = min(top, int(tops[touched].min())), max(bottom, int(bottoms[touched].max()))
+        if windows and low < windows[-1][1]:
+            windows[-1][1] = max(windows[-1][1], high)
+        else:
+            windows.append([low, high])
+    del components
+    objects = np.zeros(elevation.shape, np.int32)
+    for low, high in windows:
         window = watershed(elevation[low:high], seeds[low:high], mask=mask[low:high])
-        objects[top:bottom] = window[top - low : bottom - low]
+        inside = mask[low:high]
+        objects[low:high][inside] = window[inside]  # the window's own components; nothing outside the mask
     return objects
 
 
