@@ -155,9 +155,10 @@ def predict_source(
                 add_page(result)
             if result.instances is not None:
                 count = int(result.instances.max())
-                area = f", mean area {np.count_nonzero(result.instances) / count:.1f} px" if count else ""
+                mean_area = np.count_nonzero(result.instances) / max(count, 1)  # ids are 1..count
+                area = f", mean area {mean_area:.1f} px" if count else ""
                 if count and plan.pixel_size is not None:
-                    area += f" ({np.count_nonzero(result.instances) / count * plan.pixel_size**2:.3g} µm²)"
+                    area += f" ({mean_area * plan.pixel_size**2:.3g} µm²)"
                 bars.progress.console.print(f"{name}: {count} object(s){area}")
             pixels += height * width
             del image, result  # not alive while the next page is predicted
