@@ -37,7 +37,7 @@ import torch
 from unetseg.config import ModelSpec
 from unetseg.data.normalize import PercentileNormalizer
 from unetseg.data.synthetic import nuclei_sample
-from unetseg.inference.sliding_window import count_tiles
+from unetseg.inference.sliding_window import plan_tiles
 from unetseg.model import build_network
 from unetseg.model.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 
@@ -123,7 +123,7 @@ def run_size(size: int, checkpoint: Path, workdir: Path, args: argparse.Namespac
     return {
         "size": size,
         "megapixels": round(megapixels, 3),
-        "tiles": count_tiles(size, size, args.tile_size, args.overlap),
+        "tiles": plan_tiles(size, size, args.tile_size, args.overlap, 0, 16).count,
         "seconds": round(seconds, 1),
         "peak_rss_mib": round(peak_mib, 1),
         "mib_per_megapixel": round(peak_mib / megapixels, 2),

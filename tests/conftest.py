@@ -98,3 +98,10 @@ def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) 
     assert "Traceback" not in result.stderr + result.stdout
     for fragment in fragments:
         assert fragment in lines[0], lines[0]
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _session_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """unetseg's cache (OpenVINO conversions) in a folder of this test session, shared by the in-process
+    tests and the CLI runs they start (which inherit the environment), never the user's ~/.cache."""
+    os.environ["UNETSEG_CACHE_DIR"] = str(tmp_path_factory.mktemp("unetseg-cache"))

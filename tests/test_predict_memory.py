@@ -14,7 +14,7 @@ from unetseg.config import ModelSpec
 from unetseg.data.normalize import PercentileNormalizer
 from unetseg.data.synthetic import synthetic_pair
 from unetseg.inference.predictor import Predictor, Tiling
-from unetseg.inference.sliding_window import blended_rows, count_tiles, mirror_indices, mirrored_crop
+from unetseg.inference.sliding_window import blended_rows, mirror_indices, mirrored_crop, plan_tiles
 from unetseg.model import build_network
 from unetseg.model.checkpoint import Checkpoint
 
@@ -42,12 +42,13 @@ def test_bands_cover_every_row_once_and_count_the_tiles() -> None:
     def forward(batch: torch.Tensor) -> torch.Tensor:
         return batch  # the identity: the blend of overlapping copies of the image is the image
 
-    bands = list(blended_rows(image, lambda x: x, forward, 32, 0.5, True, 3, 1, tiles.append))
+    grid = plan_tiles(150, 70, 32, 0.5, 4, 16)
+    bands = list(blended_rows(image, lambda x: x, forward, grid, True, 3, 1, tiles.append))
     tops = [top for top, _ in bands]
     assert tops == sorted(tops) and tops[0] == 0
     assert sum(band.shape[1] for _, band in bands) == 150
     assert all(band.shape[2] == 70 for _, band in bands)
-    assert sum(tiles) == count_tiles(150, 70, 32, 0.5)
+    assert sum(tiles) == grid.count
     assert np.allclose(np.concatenate([band for _, band in bands], axis=1), image, atol=1e-6)
 
 

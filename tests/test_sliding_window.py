@@ -8,21 +8,50 @@ from conftest import FP32
 from conftest import trained_checkpoint as checkpoint
 from unetseg.data.synthetic import synthetic_pair
 from unetseg.inference.predictor import Predictor, Tiling
-from unetseg.inference.sliding_window import dihedral_transforms, importance_map, tile_starts, with_tta
+from unetseg.inference.sliding_window import dihedral_transforms, importance_map, plan_tiles, tile_starts, with_tta
 from unetseg.runtime.errors import UserError
 
 
-def test_tiles_cover_the_image() -> None:
+def test_the_fewest_tiles_cover_the_image_with_at_least_the_overlap() -> None:
     assert tile_starts(100, 128, 0.5) == [0]
-    assert tile_starts(300, 128, 0.5) == [0, 64, 128, 172]
+    assert tile_starts(300, 128, 0.5) == [0, 57, 115, 172]  # 3 steps of 57.3 ≤ 64: 4 tiles, spread evenly
     assert tile_starts(256, 128, 0.0) == [0, 128]
+    assert tile_starts(640, 512, 0.5) == [0, 128]  # a step of 128 ≤ 256: 2 tiles, not 3
+    assert tile_starts(2048, 512, 0.5) == [0, 256, 512, 768, 1024, 1280, 1536]
+    for length in (129, 300, 1000, 4097):
+        for overlap in (0.0, 0.25, 0.5, 0.75):
+            starts = tile_starts(length, 128, overlap)
+            steps = np.diff(starts)
+            assert starts[0] == 0 and starts[-1] == length - 128
+            assert steps.max() <= 128 * (1 - overlap) + 1  # rounding to whole pixels moves a start by ≤ 0.5
+            fewer = -(-(length - 128) // (128 * (1 - overlap) + 1e-9))  # steps needed at the longest step
+            assert len(steps) == fewer
+
+
+@pytest.mark.parametrize(
+    ("size", "tile", "margin", "tiles", "input_shape"),
+    [
+        ((512, 512), 512, 0, 1, (512, 512)),  # an ISBI slice: one pass
+        ((500, 300), 512, 0, 1, (512, 304)),  # one pass, padded only to the multiple of 16
+        ((512, 512), 512, 64, 4, (512, 512)),  # 64 px of context each side: 640 → 2 × 2 tiles
+        ((2048, 2048), 512, 0, 49, (512, 512)),  # 7 × 7 at overlap 0.5
+        ((700, 3000), 512, 0, 2 * 11, (512, 512)),
+        ((40, 3000), 512, 0, 11, (48, 512)),  # a thin strip: tiles only as high as the strip needs
+        ((512, 512), None, 0, 1, (512, 512)),
+        ((5, 7), 64, 0, 1, (16, 16)),
+    ],
+)
+def test_tile_grid(size: tuple[int, int], tile: int | None, margin: int, tiles: int, input_shape: tuple) -> None:
+    grid = plan_tiles(*size, tile, 0.5, margin, 16)
+    assert grid.count == tiles and grid.input_shape == input_shape
+    assert grid.single == (tiles == 1)
 
 
 def test_gaussian_weights_peak_in_the_centre() -> None:
-    weights = importance_map(64, gaussian=True)
-    assert weights.shape == (64, 64) and weights.max() == 1.0 and weights.min() > 0
-    assert weights[32, 32] > weights[32, 8] > weights[0, 0]
-    assert (importance_map(64, gaussian=False) == 1).all()
+    weights = importance_map(64, 48, gaussian=True)
+    assert weights.shape == (64, 48) and weights.max() == 1.0 and weights.min() > 0
+    assert weights[32, 24] > weights[32, 8] > weights[0, 0]
+    assert (importance_map(64, 64, gaussian=False) == 1).all()
 
 
 @pytest.mark.parametrize("num_classes", [1, 3])

@@ -152,6 +152,7 @@ def check_inference(cfg: InferenceConfig) -> None:
         _require(0 < cfg.threshold < 1, f"threshold={cfg.threshold}: must be strictly between 0 and 1")
     _require(0 <= cfg.overlap < 1, f"overlap={cfg.overlap}: must be in [0, 1) (0.5 = tiles overlap by half)")
     _require(cfg.batch_size >= 1, f"batch_size={cfg.batch_size}: must be at least 1")
+    _require(cfg.margin >= 0, f"margin={cfg.margin}: mirrored pixels around each image, must be >= 0")
     _require(
         cfg.tile_size is None or cfg.tile_size >= 16,
         f"tile_size={cfg.tile_size}: must be at least 16 pixels, or null to run each image whole",

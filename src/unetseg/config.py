@@ -51,6 +51,12 @@ class Precision(str, Enum):
     fp16 = "fp16"
 
 
+class Backend(str, Enum):
+    auto = "auto"
+    torch = "torch"
+    openvino = "openvino"
+
+
 class TestTimeAugmentation(str, Enum):
     none = "none"
     flip = "flip"
@@ -266,8 +272,10 @@ class InferenceConfig:
     device: str = MISSING
     precision: Precision = MISSING
     channels_last: bool = MISSING
+    backend: Backend = MISSING
     tile_size: int | None = MISSING
     overlap: float = MISSING
+    margin: int = MISSING
     gaussian: bool = MISSING
     batch_size: int = MISSING
     tta: TestTimeAugmentation = MISSING

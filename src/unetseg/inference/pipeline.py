@@ -1,9 +1,10 @@
 """Predict's pipeline: sources → (read ahead) → predictor (sliding window, blend, decision) → writers.
 
-Every input page is decoded and checked before the first output is written; pages are then read one ahead
-in a background thread while the network runs, predicted band by band (see Predictor.segment), and written
-atomically. A multi-page TIFF is read and written one page at a time. Under torchrun each rank predicts
-every world.size-th file.
+Every input page is decoded and checked before the first output is written; pages are then read ahead in a
+background thread while the network runs, and written atomically. Pages that one pass covers (an image no
+larger than a tile) are grouped, up to ``batch_size`` of the same shape and across files, into one forward
+pass; a larger page is predicted band by band on its own (see Predictor.segment). A multi-page TIFF is read
+and written one page at a time. Under torchrun each rank predicts every world.size-th file.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 from rich.progress import Progress, TaskID
 
-from unetseg.inference.predictor import Predictor
+from unetseg.inference.predictor import Predictor, Segmentation
 from unetseg.inference.read_ahead import read_ahead
 from unetseg.inference.sources import ImageSource, read_pages
 from unetseg.inference.writers import OutputPlan, stack_writer, write_image
@@ -78,10 +79,21 @@ def predict_sources(sources: list[ImageSource], predictor: Predictor, plan: Outp
     output.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     pixels = 0
-    with progress_bars() as progress, closing(read_ahead(all_pages(shard, predictor.in_channels))) as pages:
-        bars = Bars(progress, len(shard))
-        for source in shard:
-            pixels += predict_source(source, pages, predictor, plan, output, bars)
+    pages = read_ahead(numbered_pages(shard, predictor.in_channels), depth=predictor.tiling.batch_size)
+    with progress_bars() as progress, closing(pages), Outputs(output, plan, Bars(progress, len(shard))) as outputs:
+        for group in batches(pages, predictor):
+            if len(group) == 1:
+                page = group[0]
+                on_tiles = outputs.bars.start_page(page.name, predictor.tile_count(*page.image.shape[1:]))
+                results = [predictor.segment(page.image, plan.probability_dtype(page.source.stack), on_tiles)]
+            else:
+                outputs.bars.start_page(f"{group[0].name} and {len(group) - 1} more", 1)
+                dtype = plan.probability_dtype(group[0].source.stack)
+                results = predictor.segment_batch([page.image for page in group], dtype)
+            for page, result in zip(group, results, strict=True):
+                outputs.write(page, result)
+                pixels += page.image.shape[1] * page.image.shape[2]
+            del group, results  # not alive while the next batch is predicted
     barrier()  # the summary counts every rank's images
     seconds = time.perf_counter() - started
     counts = [sum(source.pages for source in shard), pixels]
@@ -110,6 +122,49 @@ def all_pages(sources: list[ImageSource], channels: int) -> Iterator[np.ndarray]
         yield from read_pages(source, channels)
 
 
+@dataclass
+class Page:
+    source: ImageSource
+    index: int
+    image: np.ndarray  # (C, H, W) raw
+
+    @property
+    def name(self) -> str:
+        s = self.source
+        return f"{s.path.name} page {self.index + 1}/{s.pages}" if s.stack else s.path.name
+
+    @property
+    def last(self) -> bool:
+        return self.index + 1 == self.source.pages
+
+
+def numbered_pages(sources: list[ImageSource], channels: int) -> Iterator[Page]:
+    for source in sources:
+        for index, image in enumerate(read_pages(source, channels)):
+            yield Page(source, index, image)
+
+
+def batches(pages: Iterator[Page], predictor: Predictor) -> Iterator[list[Page]]:
+    """Pages in order, in groups that share one forward pass: up to ``batch_size`` consecutive pages (of
+    any files) that one pass each covers with the same input shape and the same probability output; a
+    page that needs several tiles is a group of its own."""
+    group: list[Page] = []
+    key: object = None
+    for page in pages:
+        grid = predictor.grid(*page.image.shape[1:])
+        page_key = (grid.input_shape, page.source.stack) if grid.single else None
+        if group and (page_key is None or page_key != key or len(group) == predictor.tiling.batch_size):
+            yield group
+            group = []
+        if page_key is None:
+            yield [page]
+            continue
+        group.append(page)
+        key = page_key
+    if group:
+        yield group
+
+
 class Bars:
     """Progress over files and over the tiles of the image at hand."""
 
@@ -127,40 +182,39 @@ class Bars:
         self.progress.advance(self.files)
 
 
-def predict_source(
-    source: ImageSource,
-    pages: Iterator[np.ndarray],
-    predictor: Predictor,
-    plan: OutputPlan,
-    output: Path,
-    bars: Bars,
-) -> int:
-    """Predict and write every page of one input (taken from ``pages``); returns the pixels predicted."""
-    pixels = 0
-    probability_dtype = plan.probability_dtype(source.stack)
-    with ExitStack() as open_stacks:
-        add_page: Callable[..., None] | None = None
-        for index in range(source.pages):
-            image = next(pages)
-            _, height, width = image.shape
-            name = f"{source.path.name} page {index + 1}/{source.pages}" if source.stack else source.path.name
-            on_tiles = bars.start_page(name, predictor.tile_count(height, width))
-            result = predictor.segment(image, probability_dtype, on_tiles)
-            if not source.stack:
-                write_image(output, plan, source.stem, result)
-            else:
-                if add_page is None:
-                    writer = stack_writer(output, plan, source.stem, source.pages, height * width)
-                    add_page = open_stacks.enter_context(writer)
-                add_page(result)
-            if result.instances is not None:
-                count = int(result.instances.max())
-                mean_area = np.count_nonzero(result.instances) / max(count, 1)  # ids are 1..count
-                area = f", mean area {mean_area:.1f} px" if count else ""
-                if count and plan.pixel_size is not None:
-                    area += f" ({mean_area * plan.pixel_size**2:.3g} µm²)"
-                bars.progress.console.print(f"{name}: {count} object(s){area}")
-            pixels += height * width
-            del image, result  # not alive while the next page is predicted
-    bars.file_done()
-    return pixels
+class Outputs:
+    """Writes each page's results as it comes: one set of files per image, one growing stack per multi-page
+    TIFF (opened at its first page, closed after its last); a console line per page with its objects."""
+
+    def __init__(self, output: Path, plan: OutputPlan, bars: Bars) -> None:
+        self.output, self.plan, self.bars = output, plan, bars
+        self.stacks = ExitStack()
+        self.add_page: Callable[..., None] | None = None
+
+    def __enter__(self) -> Outputs:
+        return self
+
+    def __exit__(self, *error: object) -> None:
+        self.stacks.close()
+
+    def write(self, page: Page, result: Segmentation) -> None:
+        source = page.source
+        if not source.stack:
+            write_image(self.output, self.plan, source.stem, result)
+        else:
+            if self.add_page is None:
+                _, height, width = page.image.shape
+                writer = stack_writer(self.output, self.plan, source.stem, source.pages, height * width)
+                self.add_page = self.stacks.enter_context(writer)
+            self.add_page(result)
+        if result.instances is not None:
+            count = int(result.instances.max())
+            mean_area = np.count_nonzero(result.instances) / max(count, 1)  # ids are 1..count
+            area = f", mean area {mean_area:.1f} px" if count else ""
+            if count and self.plan.pixel_size is not None:
+                area += f" ({mean_area * self.plan.pixel_size**2:.3g} µm²)"
+            self.bars.progress.console.print(f"{page.name}: {count} object(s){area}")
+        if page.last:
+            self.stacks.close()  # the stack's file is complete: written and renamed into place
+            self.add_page = None
+            self.bars.file_done()

@@ -12,10 +12,19 @@ import torch
 
 from unetseg.config import InferenceConfig
 from unetseg.data.normalize import Scaling
-from unetseg.inference.sliding_window import Prepare, assemble, blended_rows, count_tiles, with_tta
-from unetseg.model import fold_batchnorm
+from unetseg.inference.backends import build_network
+from unetseg.inference.sliding_window import (
+    Prepare,
+    TileGrid,
+    assemble,
+    blended_rows,
+    plan_tiles,
+    single_pass_input,
+    single_pass_output,
+    with_tta,
+)
 from unetseg.model.checkpoint import Checkpoint, load_checkpoint
-from unetseg.model.head import classes_from_probabilities, to_probabilities
+from unetseg.model.head import classes_from_probabilities
 from unetseg.objects.instances import InstanceRule, boundary_evidence, make_instances, objects_from, resolve_rule
 from unetseg.runtime.device import resolve_device
 from unetseg.runtime.errors import UserError
@@ -37,18 +46,25 @@ class Segmentation:
 
 @dataclass(frozen=True)
 class Tiling:
-    """How to cut large images: ``tile`` None runs each image whole."""
+    """How to cut large images: ``tile`` None runs each image whole; ``margin`` mirrored pixels of context
+    around each image (see unetseg.inference.sliding_window)."""
 
     tile: int | None = None
     overlap: float = 0.5
     gaussian: bool = True
     batch_size: int = 4
     tta: str = "none"
+    margin: int = 0
 
 
 class Predictor:
     def __init__(
-        self, checkpoint: Checkpoint, fast: FastPath, threshold: float | None = None, tiling: Tiling | None = None
+        self,
+        checkpoint: Checkpoint,
+        fast: FastPath,
+        threshold: float | None = None,
+        tiling: Tiling | None = None,
+        backend: str = "torch",
     ) -> None:
         self.checkpoint = checkpoint
         self.fast = fast
@@ -60,7 +76,8 @@ class Predictor:
                 f"tile_size={self.tiling.tile} is smaller than this network's minimum input ({minimum} px for "
                 f"depth {checkpoint.model.depth}): use a larger tile_size"
             )
-        self.model = fast.prepare_model(fold_batchnorm(checkpoint.build_network()))
+        self.network = build_network(checkpoint, fast, backend)
+        self.forward = with_tta(self.network, self.tiling.tta)
         self.instance_rule: InstanceRule | None = None  # set when objects are asked for
 
     def use_instances(self, method: str, **settings: Any) -> InstanceRule:
@@ -75,11 +92,12 @@ class Predictor:
         return objects_from(classes, probabilities, self.instance_rule)
 
     def describe(self) -> str:
-        """e.g. ``cpu · bf16 autocast (avx512_bf16) · … · 512-px tiles, overlap 0.5 · TTA none · threshold 0.5``"""
+        """e.g. ``cpu · OpenVINO bf16 · 2 threads · tiles ≤ 512 px, overlap 0.5 · TTA none · threshold 0.5``"""
         t = self.tiling
-        tiles = f"{t.tile}-px tiles, overlap {t.overlap}" if t.tile else "whole images"
+        tiles = f"tiles ≤ {t.tile} px, overlap {t.overlap}" if t.tile else "whole images"
+        margin = f", margin {t.margin} px" if t.margin else ""
         objects = f" · {self.instance_rule.describe()}" if self.instance_rule is not None else ""
-        return f"{self.fast.describe()} · {tiles} · TTA {t.tta} · threshold {self.threshold}{objects}"
+        return f"{self.network.describe()} · {tiles}{margin} · TTA {t.tta} · threshold {self.threshold}{objects}"
 
     @property
     def in_channels(self) -> int:
@@ -93,11 +111,6 @@ class Predictor:
     def num_outputs(self) -> int:
         """Probability channels: 1 (foreground) for a binary network, else one per class."""
         return self.checkpoint.model.num_classes
-
-    def _probabilities(self, batch: torch.Tensor) -> torch.Tensor:
-        """(N, C, h, w) normalised → (N, K, h, w): sigmoid of a single logit, softmax of several."""
-        with self.fast.autocast():
-            return to_probabilities(self.model(self.fast.prepare_input(batch)))
 
     def normalise(self, image: np.ndarray) -> np.ndarray:
         """Raw (C, H, W) image of any dtype → float32 in [0, 1], exactly as in training."""
@@ -126,16 +139,32 @@ class Predictor:
         ``prepare`` normalises raw crops (``scaling_of(image)``), so a large image is never held as
         float32; a band can be turned into classes before the next one is computed.
         """
-        forward = with_tta(self._probabilities, self.tiling.tta)
+        grid = self.grid(*image.shape[1:])
         t = self.tiling
-        if t.tile is None:
-            yield 0, forward(torch.from_numpy(prepare(image[None])))[0].float().cpu().numpy()
-            if on_tiles is not None:
-                on_tiles(1)
-            return
         yield from blended_rows(
-            image, prepare, forward, t.tile, t.overlap, t.gaussian, t.batch_size, self.num_outputs, on_tiles
+            image, prepare, self.forward, grid, t.gaussian, t.batch_size, self.num_outputs, on_tiles
         )
+
+    def grid(self, height: int, width: int) -> TileGrid:
+        """Where the tiles of a ``height × width`` image go (one pass when it fits in a tile)."""
+        t = self.tiling
+        return plan_tiles(height, width, t.tile, t.overlap, t.margin, 2**self.checkpoint.model.depth)
+
+    @torch.inference_mode()
+    def segment_batch(
+        self, images: list[np.ndarray], probability_dtype: type[np.generic] | None = None
+    ) -> list[Segmentation]:
+        """Several raw (C, H, W) images that one pass each covers, with the same input shape (the
+        pipeline groups them by :meth:`grid`), in one forward pass: the results equal ``segment`` one by one."""
+        grids = [self.grid(*image.shape[1:]) for image in images]
+        assert all(g.single and g.input_shape == grids[0].input_shape for g in grids), "group by grid first"
+        scalings = [self.scaling_of(image) for image in images]
+        batch = np.stack([s(single_pass_input(i, g)) for i, s, g in zip(images, scalings, grids, strict=True)])
+        outputs = self.forward(torch.from_numpy(batch)).float().cpu().numpy()
+        return [
+            self._segmentation(image, scaling, iter([(0, single_pass_output(output, grid))]), probability_dtype)
+            for image, scaling, output, grid in zip(images, scalings, outputs, grids, strict=True)
+        ]
 
     def segment(
         self,
@@ -145,15 +174,25 @@ class Predictor:
     ) -> Segmentation:
         """Raw (C, H, W) image → classes (and probabilities if a dtype is given), band by band: memory is
         the image, the outputs and one band of float32, never (K, H, W) float32 for the whole image."""
-        _, height, width = image.shape
         scaling = self.scaling_of(image)
+        return self._segmentation(image, scaling, self.probability_rows(image, scaling, on_tiles), probability_dtype)
+
+    def _segmentation(
+        self,
+        image: np.ndarray,
+        scaling: Scaling,
+        bands: Iterator[tuple[int, np.ndarray]],
+        probability_dtype: type[np.generic] | None,
+    ) -> Segmentation:
+        """Probability bands of one image → its Segmentation, band by band."""
+        _, height, width = image.shape
         classes = np.empty((height, width), np.uint8)
         kept = None if probability_dtype is None else np.empty((self.num_outputs, height, width), probability_dtype)
         rule = self.instance_rule
         evidence = None  # the boundary rule's inputs, kept compactly (uint8 and bool) band by band
         if rule is not None and rule.needs_boundary_probability:
             evidence = (np.empty((height, width), np.uint8), np.empty((height, width), bool))
-        for top, band in self.probability_rows(image, scaling, on_tiles):
+        for top, band in bands:
             rows = slice(top, top + band.shape[1])
             classes[rows] = self.classes_of(band)
             if evidence is not None:
@@ -167,8 +206,7 @@ class Predictor:
 
     def tile_count(self, height: int, width: int) -> int:
         """How many network passes (before test-time augmentation) an image of this size takes."""
-        t = self.tiling
-        return 1 if t.tile is None else count_tiles(height, width, t.tile, t.overlap)
+        return self.grid(height, width).count
 
     def predict(self, image: np.ndarray) -> np.ndarray:
         """Raw (C, H, W) image → (H, W) uint8 class ids: probability ≥ threshold, or argmax."""
@@ -183,8 +221,8 @@ class Predictor:
 def build_predictor(cfg: InferenceConfig, path: Path) -> Predictor:
     """The Predictor that the shared inference settings (conf/inference.yaml) describe, for one checkpoint."""
     fast = choose_fast_path(resolve_device(cfg.device), cfg.precision.value, cfg.channels_last)
-    tiling = Tiling(cfg.tile_size, cfg.overlap, cfg.gaussian, cfg.batch_size, cfg.tta.value)
-    return Predictor(load_checkpoint(path), fast, cfg.threshold, tiling)
+    tiling = Tiling(cfg.tile_size, cfg.overlap, cfg.gaussian, cfg.batch_size, cfg.tta.value, cfg.margin)
+    return Predictor(load_checkpoint(path), fast, cfg.threshold, tiling, cfg.backend.value)
 
 
 def objects_settings(cfg: InferenceConfig) -> tuple[str, dict[str, Any]]:

@@ -1,9 +1,13 @@
-"""Sliding-window inference (nnU-Net's recipe, with the U-Net paper's mirrored borders) and test-time
+"""Sliding-window inference (nnU-Net's step rule, the U-Net paper's mirrored context) and test-time
 augmentation, as small functions the Predictor composes.
 
-An image is mirrored at its borders, cut into overlapping tiles (``overlap`` 0.5 = a step of half a tile),
-the tiles are run through the network in batches, and their class probabilities are blended with Gaussian
-weights (σ = tile/8) that trust each tile's centre more than its edges.
+An image is extended by ``margin`` mirrored pixels on each side (the U-Net paper's overlap-tile context).
+Along an axis where the extended image fits in a tile it is run in one pass, mirror-padded only up to the
+network's size multiple: a 512² slice with 512-px tiles is one forward pass, not four. Along a longer
+axis it is cut into the fewest tiles that cover it with at least the asked ``overlap`` (nnU-Net's
+``compute_steps_for_sliding_window``: steps spread evenly, none longer than tile × (1 − overlap)), and
+the tiles' class probabilities are blended with Gaussian weights (σ = tile/8) that trust each tile's
+centre more than its edges.
 
 Memory does not grow with the tiles: tiles are cut from the raw (unpadded, un-normalised) image one batch
 at a time (mirrored indices instead of a padded copy; ``prepare`` normalises each batch), and the blend is
@@ -14,7 +18,9 @@ classes (uint8) straight away instead of keeping a (K, H, W) float32 map.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
@@ -24,24 +30,81 @@ Forward = Callable[[torch.Tensor], torch.Tensor]  # (N, C, h, w) → (N, K, h, w
 
 
 @lru_cache(maxsize=8)
-def importance_map(tile: int, gaussian: bool) -> np.ndarray:
-    """(tile, tile) blending weights: a Gaussian with σ = tile/8 (max 1), or all ones."""
+def importance_map(height: int, width: int, gaussian: bool) -> np.ndarray:
+    """(height, width) blending weights: a Gaussian with σ = side/8 (max 1), or all ones."""
     if not gaussian:
-        return np.ones((tile, tile), np.float32)
-    centre = (tile - 1) / 2
-    axis = np.exp(-0.5 * ((np.arange(tile) - centre) / (tile / 8)) ** 2)
-    weights = np.outer(axis, axis).astype(np.float32)
+        return np.ones((height, width), np.float32)
+
+    def axis(length: int) -> np.ndarray:
+        centre = (length - 1) / 2
+        return np.exp(-0.5 * ((np.arange(length) - centre) / (length / 8)) ** 2)
+
+    weights = np.outer(axis(height), axis(width)).astype(np.float32)
     weights /= weights.max()
     return np.maximum(weights, 1e-3)  # the far corners still count a little, so every pixel is covered
 
 
 def tile_starts(length: int, tile: int, overlap: float) -> list[int]:
-    """Start offsets covering [0, length) with tiles of ``tile`` and a step of ``tile × (1 − overlap)``."""
+    """The fewest tile starts covering [0, length) whose steps are at most ``tile × (1 − overlap)``, spread
+    evenly from 0 to ``length − tile`` (nnU-Net's rule: 640 px with 512-px tiles at 0.5 is 2 tiles, not 3)."""
     if length <= tile:
         return [0]
-    step = max(1, int(round(tile * (1 - overlap))))
-    starts = list(range(0, length - tile, step))
-    return [*starts, length - tile]
+    longest_step = max(1.0, tile * (1 - overlap))
+    steps = math.ceil((length - tile) / longest_step)
+    step = (length - tile) / steps
+    return [round(step * i) for i in range(steps + 1)]
+
+
+def round_up(length: int, multiple: int) -> int:
+    return -(-length // multiple) * multiple
+
+
+@dataclass(frozen=True)
+class Axis:
+    """One axis of the tile grid, in the coordinates of the mirror-extended image (origin ``pad`` pixels
+    before the image's first pixel)."""
+
+    length: int  # of the image
+    pad: int  # mirrored pixels before the image
+    tile: int  # tile side along this axis
+    starts: tuple[int, ...]
+
+
+def plan_axis(length: int, tile: int | None, overlap: float, margin: int, multiple: int) -> Axis:
+    """One pass if the image plus its margins fits in a tile (or ``tile`` is None), padded to the
+    network's size multiple and centred; else tiles of ``tile`` over the image plus its margins."""
+    extended = length + 2 * margin
+    if tile is None or extended <= tile:
+        size = round_up(extended, multiple)
+        return Axis(length, margin + (size - extended) // 2, size, (0,))
+    return Axis(length, margin, tile, tuple(tile_starts(extended, tile, overlap)))
+
+
+@dataclass(frozen=True)
+class TileGrid:
+    rows: Axis
+    cols: Axis
+
+    @property
+    def count(self) -> int:
+        return len(self.rows.starts) * len(self.cols.starts)
+
+    @property
+    def single(self) -> bool:
+        """One pass covers the whole image: no blending, and it can share a batch with other images."""
+        return self.count == 1
+
+    @property
+    def input_shape(self) -> tuple[int, int]:
+        """(h, w) of every tile the network sees."""
+        return self.rows.tile, self.cols.tile
+
+
+def plan_tiles(height: int, width: int, tile: int | None, overlap: float, margin: int, multiple: int) -> TileGrid:
+    """Where the tiles of a ``height × width`` image go (see the module docstring)."""
+    return TileGrid(
+        plan_axis(height, tile, overlap, margin, multiple), plan_axis(width, tile, overlap, margin, multiple)
+    )
 
 
 def dihedral_transforms(tta: str) -> list[tuple[int, bool]]:
@@ -64,7 +127,7 @@ def with_tta(forward: Forward, tta: str) -> Forward:
         for turns, flip in transforms:
             x = torch.rot90(batch, turns, dims=(-2, -1))
             x = torch.flip(x, dims=(-1,)) if flip else x
-            y = forward(x)
+            y = forward(x.contiguous())
             y = torch.flip(y, dims=(-1,)) if flip else y
             y = torch.rot90(y, -turns, dims=(-2, -1))
             total = y if total is None else total + y
@@ -74,11 +137,6 @@ def with_tta(forward: Forward, tta: str) -> Forward:
 
 
 Prepare = Callable[[np.ndarray], np.ndarray]  # raw crops (N, C, h, w) → normalised float32, same shape
-
-
-def border(length: int, tile: int) -> int:
-    """Mirrored border on each side: tile/8 of context, or enough to fill a whole tile for small images."""
-    return max(tile // 8, -(-(tile - length) // 2))
 
 
 def mirror_indices(start: int, count: int, length: int) -> np.ndarray:
@@ -92,27 +150,34 @@ def mirror_indices(start: int, count: int, length: int) -> np.ndarray:
     return np.where(index >= length, period - index, index)
 
 
-def mirrored_crop(image: np.ndarray, top: int, left: int, size: int) -> np.ndarray:
-    """(C, size, size) crop of a (C, H, W) image at (top, left), which may lie partly outside it."""
-    _, height, width = image.shape
-    if top >= 0 and left >= 0 and top + size <= height and left + size <= width:
-        return image[:, top : top + size, left : left + size]
-    rows = mirror_indices(top, size, height)
-    cols = mirror_indices(left, size, width)
+def mirrored_crop(image: np.ndarray, top: int, left: int, height: int, width: int | None = None) -> np.ndarray:
+    """(C, height, width) crop of a (C, H, W) image at (top, left), which may lie partly outside it
+    (``width`` defaults to ``height``)."""
+    width = height if width is None else width
+    _, image_h, image_w = image.shape
+    if top >= 0 and left >= 0 and top + height <= image_h and left + width <= image_w:
+        return image[:, top : top + height, left : left + width]
+    rows = mirror_indices(top, height, image_h)
+    cols = mirror_indices(left, width, image_w)
     return image[:, rows[:, None], cols[None, :]]
 
 
-def count_tiles(height: int, width: int, tile: int, overlap: float) -> int:
-    padded_h, padded_w = height + 2 * border(height, tile), width + 2 * border(width, tile)
-    return len(tile_starts(padded_h, tile, overlap)) * len(tile_starts(padded_w, tile, overlap))
+def single_pass_input(image: np.ndarray, grid: TileGrid) -> np.ndarray:
+    """The one (C, h, w) input of an image that one pass covers: the image with its mirrored padding."""
+    return mirrored_crop(image, -grid.rows.pad, -grid.cols.pad, grid.rows.tile, grid.cols.tile)
+
+
+def single_pass_output(output: np.ndarray, grid: TileGrid) -> np.ndarray:
+    """The image's own pixels of the (K, h, w) output of :func:`single_pass_input`."""
+    r, c = grid.rows, grid.cols
+    return output[:, r.pad : r.pad + r.length, c.pad : c.pad + c.length]
 
 
 def blended_rows(
     image: np.ndarray,
     prepare: Prepare,
     forward: Forward,
-    tile: int,
-    overlap: float,
+    grid: TileGrid,
     gaussian: bool,
     batch_size: int,
     num_outputs: int,
@@ -120,35 +185,40 @@ def blended_rows(
 ) -> Iterator[tuple[int, np.ndarray]]:
     """(C, H, W) image of any dtype → yields (first row, (K, rows, W) float32 blended probabilities), top to
     bottom, covering every row once. ``on_tiles(n)`` is called after every batch of n tiles."""
-    _, height, width = image.shape
-    pad_h, pad_w = border(height, tile), border(width, tile)
-    padded_w = width + 2 * pad_w
-    tops = tile_starts(height + 2 * pad_h, tile, overlap)
-    lefts = tile_starts(padded_w, tile, overlap)
-    weights = importance_map(tile, gaussian)
-    # Padded rows [tops[i], tops[i] + tile) of the blend; slid down after each row of tiles.
-    total = np.zeros((num_outputs, tile, padded_w), np.float32)
-    weight_sum = np.zeros((tile, padded_w), np.float32)
-    for row, top in enumerate(tops):
-        for first in range(0, len(lefts), batch_size):
-            batch = lefts[first : first + batch_size]
-            crops = np.stack([mirrored_crop(image, top - pad_h, left - pad_w, tile) for left in batch])
+    rows, cols = grid.rows, grid.cols
+    if grid.single:
+        output = forward(torch.from_numpy(prepare(single_pass_input(image, grid)[None])))
+        if on_tiles is not None:
+            on_tiles(1)
+        yield 0, single_pass_output(output[0].float().cpu().numpy(), grid)
+        return
+    tile_h, tile_w = grid.input_shape
+    extended_w = cols.starts[-1] + tile_w
+    weights = importance_map(tile_h, tile_w, gaussian)
+    # Extended rows [top, top + tile_h) of the blend; slid down after each row of tiles.
+    total = np.zeros((num_outputs, tile_h, extended_w), np.float32)
+    weight_sum = np.zeros((tile_h, extended_w), np.float32)
+    for index, top in enumerate(rows.starts):
+        for first in range(0, len(cols.starts), batch_size):
+            batch = cols.starts[first : first + batch_size]
+            crops = np.stack([mirrored_crop(image, top - rows.pad, left - cols.pad, tile_h, tile_w) for left in batch])
             out = forward(torch.from_numpy(prepare(crops))).float().cpu().numpy()
             for left, tile_probs in zip(batch, out, strict=True):
                 tile_probs *= weights
-                total[:, :, left : left + tile] += tile_probs
-                weight_sum[:, left : left + tile] += weights
+                total[:, :, left : left + tile_w] += tile_probs
+                weight_sum[:, left : left + tile_w] += weights
             if on_tiles is not None:
                 on_tiles(len(batch))
-        done = (tops[row + 1] if row + 1 < len(tops) else top + tile) - top  # these rows get no more tiles
-        first_row, last_row = max(top, pad_h), min(top + done, pad_h + height)  # padded coordinates
+        next_top = rows.starts[index + 1] if index + 1 < len(rows.starts) else top + tile_h
+        done = next_top - top  # these rows get no more tiles
+        first_row, last_row = max(top, rows.pad), min(top + done, rows.pad + rows.length)  # extended coordinates
         if first_row < last_row:
-            rows, cols = slice(first_row - top, last_row - top), slice(pad_w, pad_w + width)
-            yield first_row - pad_h, total[:, rows, cols] / weight_sum[rows, cols]
-        total[:, : tile - done] = total[:, done:]
-        total[:, tile - done :] = 0
-        weight_sum[: tile - done] = weight_sum[done:]
-        weight_sum[tile - done :] = 0
+            band_rows, band_cols = slice(first_row - top, last_row - top), slice(cols.pad, cols.pad + cols.length)
+            yield first_row - rows.pad, total[:, band_rows, band_cols] / weight_sum[band_rows, band_cols]
+        total[:, : tile_h - done] = total[:, done:]
+        total[:, tile_h - done :] = 0
+        weight_sum[: tile_h - done] = weight_sum[done:]
+        weight_sum[tile_h - done :] = 0
 
 
 def assemble(rows: Iterator[tuple[int, np.ndarray]], num_outputs: int, height: int, width: int) -> np.ndarray:

@@ -32,6 +32,18 @@ def user_path(path: str | os.PathLike[str]) -> Path:
     return Path(os.path.expanduser(os.fspath(path))).resolve()
 
 
+CACHE_VARIABLE = "UNETSEG_CACHE_DIR"
+
+
+def cache_root() -> Path:
+    """unetseg's cache folder (things it can always make again, such as converted models):
+    $UNETSEG_CACHE_DIR, else $XDG_CACHE_HOME/unetseg, else ~/.cache/unetseg. Delete it at any time."""
+    if os.environ.get(CACHE_VARIABLE):
+        return user_path(os.environ[CACHE_VARIABLE])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base).resolve() / "unetseg"
+
+
 _STAMP: str | None = None
 
 

@@ -1,0 +1,170 @@
+"""What runs the network at predict time: PyTorch (any device) or OpenVINO's CPU plugin.
+
+Both take a normalised (N, C, h, w) float32 batch and return (N, K, h, w) probabilities, so tiling, test-time
+augmentation and the decision rule do not know which one ran. ``backend=auto`` is OpenVINO on a CPU when the
+``unetseg[openvino]`` extra is installed (1.5-1.8× the torch bf16 path on a 2-core AVX512-BF16 CPU, see
+docs/speed-and-memory.md) and torch otherwise (always on a GPU).
+
+OpenVINO gets the network through its PyTorch frontend (``openvino.convert_model`` on the module itself):
+no ONNX file, no onnx/onnxscript dependency, and the same :class:`ProbabilityNet` the ONNX export writes, so
+the padding and the sigmoid/softmax are the ones every other path uses. The converted model (dynamic batch,
+height and width) is kept as OpenVINO IR in the cache folder, keyed by a hash of the weights and spec; each
+input shape is compiled for it once and OpenVINO's own model cache (``CACHE_DIR``) keeps the compiled
+blobs, so a later run neither converts nor compiles again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from unetseg import __version__
+from unetseg.inference.export import ProbabilityNet
+from unetseg.model import fold_batchnorm
+from unetseg.model.checkpoint import Checkpoint
+from unetseg.model.head import to_probabilities
+from unetseg.runtime.errors import UserError
+from unetseg.runtime.paths import cache_root
+from unetseg.runtime.precision import FastPath
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "torch", "openvino")
+Forward = Callable[[torch.Tensor], torch.Tensor]
+
+
+def openvino_installed() -> bool:
+    return importlib.util.find_spec("openvino") is not None
+
+
+def resolve_backend(name: str, device: torch.device) -> str:
+    """auto → openvino on a CPU with the extra installed, else torch; an explicit choice is checked."""
+    if name == "auto":
+        return "openvino" if device.type == "cpu" and openvino_installed() else "torch"
+    if name == "openvino":
+        if device.type != "cpu":
+            raise UserError(f"backend=openvino runs on the CPU, but device={device}: use backend=torch on a GPU")
+        if not openvino_installed():
+            raise UserError(
+                "backend=openvino needs the openvino extra: pip install 'unetseg[openvino]' (or use backend=torch)"
+            )
+    return name
+
+
+class TorchNetwork:
+    """The checkpoint's network in PyTorch, BatchNorm folded, on the fast path (autocast, channels_last)."""
+
+    name = "torch"
+
+    def __init__(self, checkpoint: Checkpoint, fast: FastPath) -> None:
+        self.fast = fast
+        self.model = fast.prepare_model(fold_batchnorm(checkpoint.build_network()))
+
+    @torch.inference_mode()
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        with self.fast.autocast():
+            return to_probabilities(self.model(self.fast.prepare_input(batch)))
+
+    def describe(self) -> str:
+        return self.fast.describe()
+
+
+class OpenVinoNetwork:
+    """The checkpoint's network compiled by OpenVINO for the CPU, one compiled model per input shape."""
+
+    name = "openvino"
+
+    def __init__(self, checkpoint: Checkpoint, fast: FastPath) -> None:
+        import openvino as ov
+
+        self.core = ov.Core()
+        self.precision = "bf16" if fast.dtype == torch.bfloat16 else "f32"
+        folder = cache_root() / "openvino"
+        self.core.set_property({"CACHE_DIR": str(folder / "compiled")})
+        self.model = self.core.read_model(converted_model(checkpoint, folder / "models"))
+        self.compiled: dict[tuple[int, ...], object] = {}
+        self.threads = torch.get_num_threads()
+
+    def compiled_for(self, shape: tuple[int, ...]) -> object:
+        if shape not in self.compiled:
+            model = self.model.clone()
+            model.reshape(list(shape))
+            config = {
+                "INFERENCE_PRECISION_HINT": self.precision,
+                "PERFORMANCE_HINT": "LATENCY",  # one request at a time, all cores on it
+                "INFERENCE_NUM_THREADS": self.threads,
+            }
+            self.compiled[shape] = self.core.compile_model(model, "CPU", config)
+        return self.compiled[shape]
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        array = np.ascontiguousarray(batch.numpy(), dtype=np.float32)
+        compiled = self.compiled_for(array.shape)
+        result = compiled(array)[0]  # type: ignore[operator]
+        return torch.from_numpy(np.asarray(result))
+
+    def describe(self) -> str:
+        return f"cpu · OpenVINO {self.precision} · {self.threads} threads"
+
+
+def build_network(checkpoint: Checkpoint, fast: FastPath, backend: str) -> TorchNetwork | OpenVinoNetwork:
+    """The network that ``backend`` (auto, torch, openvino) names, for this checkpoint and fast path."""
+    name = resolve_backend(backend, fast.device)
+    return OpenVinoNetwork(checkpoint, fast) if name == "openvino" else TorchNetwork(checkpoint, fast)
+
+
+def network_key(checkpoint: Checkpoint) -> str:
+    """A hash of everything the converted model depends on: weights, spec, and the versions involved."""
+    import openvino as ov
+
+    digest = hashlib.sha256()
+    digest.update(json.dumps([repr(checkpoint.model), __version__, ov.__version__, torch.__version__]).encode())
+    for name, tensor in sorted(checkpoint.state_dict.items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:32]
+
+
+def converted_model(checkpoint: Checkpoint, folder: Path) -> Path:
+    """The OpenVINO IR (.xml + .bin) of this checkpoint's network, converted once and kept in ``folder``.
+    Written to a temporary folder and renamed into place, so a reader never sees half a model and two
+    runs converting at once both end with a whole one."""
+    import openvino as ov
+
+    target = folder / network_key(checkpoint)
+    xml = target / "model.xml"
+    if xml.is_file() and xml.with_suffix(".bin").is_file():
+        return xml
+    folder.mkdir(parents=True, exist_ok=True)
+    network = ProbabilityNet(fold_batchnorm(checkpoint.build_network())).eval()
+    channels, side = checkpoint.model.in_channels, 4 * 2**checkpoint.model.depth
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer warnings about shape arithmetic: the shapes are dynamic
+        model = ov.convert_model(
+            network,
+            example_input=torch.zeros(1, channels, side, side),
+            input=[ov.PartialShape([-1, channels, -1, -1])],
+        )
+    staging = Path(tempfile.mkdtemp(prefix=".converting-", dir=folder))
+    try:
+        ov.save_model(model, staging / "model.xml", compress_to_fp16=False)
+        try:
+            os.replace(staging, target)
+        except OSError:  # another run put its (identical) conversion there first
+            if not xml.is_file():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    log.info("converted the network for OpenVINO into %s", target)
+    return xml
