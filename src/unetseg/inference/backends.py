@@ -16,14 +16,13 @@ blobs, so a later run neither converts nor compiles again.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import logging
 import os
 import shutil
 import tempfile
+import time
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -40,12 +39,17 @@ from unetseg.runtime.precision import FastPath
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "torch", "openvino")
-Forward = Callable[[torch.Tensor], torch.Tensor]
+KEEP_MODELS = 8  # converted checkpoints kept in the cache (the least recently used go first) ...
+KEEP_BLOBS = 32  # ... and compiled shapes
 
 
 def openvino_installed() -> bool:
-    return importlib.util.find_spec("openvino") is not None
+    """Whether ``import openvino`` works (an installed but broken package counts as missing)."""
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def resolve_backend(name: str, device: torch.device) -> str:
@@ -145,6 +149,7 @@ def converted_model(checkpoint: Checkpoint, folder: Path) -> Path:
     target = folder / network_key(checkpoint)
     xml = target / "model.xml"
     if xml.is_file() and xml.with_suffix(".bin").is_file():
+        os.utime(target)  # recently used: pruned last
         return xml
     folder.mkdir(parents=True, exist_ok=True)
     network = ProbabilityNet(fold_batchnorm(checkpoint.build_network())).eval()
@@ -167,4 +172,22 @@ def converted_model(checkpoint: Checkpoint, folder: Path) -> Path:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     log.info("converted the network for OpenVINO into %s", target)
+    prune(folder, KEEP_MODELS)
+    prune(folder.parent / "compiled", KEEP_BLOBS)
     return xml
+
+
+def prune(folder: Path, keep: int) -> None:
+    """Remove all but the ``keep`` most recently modified entries of a cache folder (best effort: another
+    run may be removing or using them too, and a removed entry is only made again)."""
+    try:
+        entries = sorted(folder.iterdir(), key=lambda entry: entry.stat().st_mtime, reverse=True)
+    except OSError:
+        return
+    for entry in entries[keep:]:
+        if entry.name.startswith(".converting-") and time.time() - entry.stat().st_mtime < 3600:
+            continue  # another run's conversion in progress (an older one was killed)
+        if entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
