@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from unetseg import __version__
-from unetseg.inference.export import ProbabilityNet
+from unetseg.inference.export import probability_net
 from unetseg.model import fold_batchnorm
 from unetseg.model.checkpoint import Checkpoint
 from unetseg.model.head import to_probabilities
@@ -152,7 +152,7 @@ def converted_model(checkpoint: Checkpoint, folder: Path) -> Path:
         os.utime(target)  # recently used: pruned last
         return xml
     folder.mkdir(parents=True, exist_ok=True)
-    network = ProbabilityNet(fold_batchnorm(checkpoint.build_network())).eval()
+    network = probability_net(checkpoint)
     channels, side = checkpoint.model.in_channels, 4 * 2**checkpoint.model.depth
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings about shape arithmetic: the shapes are dynamic
