@@ -100,6 +100,7 @@ def run_size(size: int, checkpoint: Path, workdir: Path, args: argparse.Namespac
         f"overlap={args.overlap}",
         f"batch_size={args.batch_size}",
         f"precision={args.precision}",
+        f"backend={args.backend}",
         f"save=[{','.join(args.save)}]",
         "overwrite=true",
     ]
@@ -109,7 +110,12 @@ def run_size(size: int, checkpoint: Path, workdir: Path, args: argparse.Namespac
         cwd=workdir,
         capture_output=True,
         text=True,
-        env={**os.environ, "UNETSEG_PEAK_FILE": str(peak_file), "COLUMNS": "200"},
+        env={
+            **os.environ,
+            "UNETSEG_PEAK_FILE": str(peak_file),
+            "COLUMNS": "200",
+            "UNETSEG_CACHE_DIR": str(workdir / "cache"),  # OpenVINO: converted at the first size, reused after
+        },
     )
     seconds = time.perf_counter() - started
     if result.returncode != 0:
@@ -143,6 +149,7 @@ def main() -> None:
     parser.add_argument("--overlap", type=float, default=0.5)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--precision", default="auto")
+    parser.add_argument("--backend", default="auto", help="auto, torch or openvino")
     parser.add_argument(
         "--save", nargs="+", default=["mask"], help="outputs to write (mask, probability, overlay, ...)"
     )
@@ -168,7 +175,8 @@ def main() -> None:
             save_checkpoint(untrained, checkpoint)
         print(
             f"unetseg predict, {args.base_channels}-wide U-Net (depth {args.depth}), {args.image} images, "
-            f"tiles {args.tile_size} overlap {args.overlap} batch {args.batch_size}, save={args.save}; "
+            f"tiles {args.tile_size} overlap {args.overlap} batch {args.batch_size}, backend {args.backend}, "
+            f"save={args.save}; "
             f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}"
         )
         rows: list[dict[str, object]] = []
@@ -197,6 +205,7 @@ def main() -> None:
             "tile_size": args.tile_size,
             "overlap": args.overlap,
             "batch_size": args.batch_size,
+            "backend": args.backend,
             "save": args.save,
             "checkpoint": str(args.checkpoint) if args.checkpoint else None,
             "image": args.image,

@@ -25,8 +25,6 @@ from typing import Any
 
 import cv2
 import numpy as np
-from skimage.feature import peak_local_max
-from skimage.segmentation import watershed
 
 from unetseg.data.targets import BOUNDARY, INTERIOR
 from unetseg.runtime.errors import UserError
@@ -127,6 +125,8 @@ def make_instances(
         foreground = (classes > 0).astype(np.uint8)
         _, components = cv2.connectedComponents(foreground, connectivity=4, ltype=cv2.CV_32S)
         distance = cv2.distanceTransform(foreground, cv2.DIST_L2, cv2.DIST_MASK_5)
+        from skimage.feature import peak_local_max  # imported when used: scikit-image takes ~0.5 s to import
+
         peaks = peak_local_max(
             distance, min_distance=max(1, rule.min_distance), labels=components, exclude_border=False
         )
@@ -152,6 +152,8 @@ def flood(elevation: np.ndarray, seeds: np.ndarray, mask: np.ndarray, rows: int 
     over the whole image: the same objects, and memory bounded by the largest window instead of the image
     (one component spanning the image is one whole-image flood, never one per band).
     """
+    from skimage.segmentation import watershed  # imported when used (see peak_local_max)
+
     height = elevation.shape[0]
     if height <= 2 * rows:
         return watershed(elevation, seeds, mask=mask)

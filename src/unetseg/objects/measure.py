@@ -12,7 +12,6 @@ import io
 from collections.abc import Sequence
 
 import numpy as np
-from skimage.measure import regionprops_table
 
 from unetseg.objects.instances import touching_edge
 
@@ -27,6 +26,8 @@ def measure_objects(
     if not objects.any():
         return []
     intensity = np.moveaxis(image, 0, -1) if image.shape[0] > 1 else image[0]
+    from skimage.measure import regionprops_table  # imported when used: scikit-image takes ~0.5 s to import
+
     table = regionprops_table(objects, intensity_image=intensity, properties=_SHAPE + _INTENSITY)
     edge = set(touching_edge(objects).tolist())
     channels = image.shape[0]

@@ -22,8 +22,6 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.sparse import csr_matrix
-from scipy.sparse.csgraph import maximum_bipartite_matching
 
 THRESHOLDS = tuple(round(0.5 + 0.05 * step, 2) for step in range(10))
 
@@ -115,6 +113,9 @@ def match_instances(truth: np.ndarray, predicted: np.ndarray) -> InstanceCounts:
     if tied.any():
         tied_rows, row_index = np.unique(rows[tied], return_inverse=True)
         tied_columns, column_index = np.unique(columns[tied], return_inverse=True)
+        from scipy.sparse import csr_matrix  # imported when used (rare exact-0.5 ties): scipy.sparse is slow to import
+        from scipy.sparse.csgraph import maximum_bipartite_matching
+
         graph = csr_matrix((np.ones(row_index.size), (row_index, column_index)), (tied_rows.size, tied_columns.size))
         extra = int(np.count_nonzero(maximum_bipartite_matching(graph, perm_type="column") >= 0))
         matches[0] += extra
