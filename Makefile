@@ -6,6 +6,8 @@
 # make isbi-classic: the classic recipe on the same slices, scored the same way (about an hour on 2 CPU cores).
 # make isbi-long: the preset at twice the width and 1,440 steps (about 36 minutes on 2 CPU cores), scored the same way.
 # make bench-memory: peak memory and time of unetseg predict on 1k, 4k and 8k images (8k: ~10+ min on 2 cores).
+# make bench-predict: the backends per image, and unetseg predict on the ISBI test slices against a plain loop.
+# make bench-train: one epoch of the classic recipe with unetseg train against a plain fp32 loop (ISBI slices).
 PYTHON ?= python3
 VENV ?= .venv
 # This machine has a local CPU wheel of exactly this version; override on a GPU box, e.g. TORCH_SPEC=torch
@@ -16,7 +18,7 @@ HELDOUT := outputs/heldout-synthetic
 # ISBI 2012, laid out as docs/isbi.md says (train/image, train/label, test): make isbi ISBI=path/to/isbi2012
 ISBI ?= data/isbi2012
 
-.PHONY: install run test test-fast lint bench bench-memory isbi isbi-classic isbi-long isbi-data clean
+.PHONY: install run test test-fast lint bench bench-memory bench-predict bench-train isbi isbi-classic isbi-long isbi-data clean
 
 install: $(STAMP)
 
@@ -46,6 +48,14 @@ bench: install
 
 bench-memory: install
 	$(BIN)/python benchmarks/predict_memory.py --json outputs/benchmark-predict-memory.json
+
+bench-predict: install isbi-data
+	$(BIN)/python benchmarks/backends.py --json outputs/benchmark-backends.json
+	$(BIN)/python benchmarks/predict_end_to_end.py --input $(ISBI)/test --also backend=torch \
+		--json outputs/benchmark-predict-end-to-end.json
+
+bench-train: install isbi-data
+	$(BIN)/python benchmarks/train_end_to_end.py --data $(ISBI)/train --json outputs/benchmark-train-end-to-end.json
 
 # $(call isbi_run,NAME,TRAIN OVERRIDES): train into outputs/isbi/NAME, then evaluate best.pt on slices 20-24
 # without and with test-time augmentation (the 4 flips).

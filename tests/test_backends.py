@@ -65,6 +65,14 @@ def test_openvino_matches_torch(num_classes: int) -> None:
     bf16 = Predictor(checkpoint, BF16, tiling=tiling, backend="openvino").segment(image, np.float32)
     assert np.abs(bf16.probabilities - reference.probabilities).max() < 0.05  # bf16 keeps 8 bits of mantissa
     assert (bf16.classes == reference.classes).mean() > 0.995
+    flips = Tiling(tile=128, batch_size=2, tta="flip")  # several calls whose outputs are summed: none overwritten
+    averaged = Predictor(checkpoint, FP32, tiling=flips, backend="openvino").segment(image, np.float32)
+    assert (
+        np.abs(
+            averaged.probabilities - Predictor(checkpoint, FP32, tiling=flips).segment(image, np.float32).probabilities
+        ).max()
+        < 1e-4
+    )
 
 
 @needs_openvino
@@ -127,3 +135,16 @@ def test_backend_openvino_without_the_extra_is_one_line(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr  # auto falls back to torch
     assert (tmp_path / "out" / "a.png").is_file()
+
+
+@needs_openvino
+def test_openvino_calls_hold_at_most_one_512_image_of_pixels() -> None:
+    """Big tiles go one per call (no faster in a batch on a CPU, and each holds its activations); small
+    images share a call."""
+    from unetseg.inference.backends import OpenVinoNetwork, TorchNetwork
+
+    checkpoint = trained_checkpoint(1)
+    network, reference = OpenVinoNetwork(checkpoint, FP32), TorchNetwork(checkpoint, FP32)
+    for batch in (torch.rand(3, 1, 512, 512), torch.rand(5, 1, 64, 64)):
+        assert torch.allclose(network(batch), reference(batch), atol=1e-4)
+    assert set(network.compiled) == {(1, 1, 512, 512), (5, 1, 64, 64)}

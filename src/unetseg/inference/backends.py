@@ -39,6 +39,10 @@ from unetseg.runtime.precision import FastPath
 
 log = logging.getLogger(__name__)
 
+# OpenVINO on a CPU runs a batch no faster per image than one image at a time (measured at 512², classic net:
+# 0.635 s against 0.638 s per image), but holds every image's activations at once (+400 MiB for 4 × 512²):
+# a call takes at most one 512² image's worth of pixels, so small images still share calls.
+PIXELS_PER_CALL = 512 * 512
 KEEP_MODELS = 8  # converted checkpoints kept in the cache (the least recently used go first) ...
 KEEP_BLOBS = 32  # ... and compiled shapes
 
@@ -114,9 +118,14 @@ class OpenVinoNetwork:
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         array = np.ascontiguousarray(batch.numpy(), dtype=np.float32)
-        compiled = self.compiled_for(array.shape)
-        result = compiled(array)[0]  # type: ignore[operator]
-        return torch.from_numpy(np.asarray(result))
+        height, width = array.shape[-2:]
+        step = max(1, PIXELS_PER_CALL // (height * width))
+        results = []
+        for first in range(0, len(array), step):
+            chunk = array[first : first + step]
+            compiled = self.compiled_for(chunk.shape)
+            results.append(np.array(compiled(chunk)[0]))  # type: ignore[operator]  # a copy: OpenVINO reuses its output
+        return torch.from_numpy(results[0] if len(results) == 1 else np.concatenate(results))
 
     def describe(self) -> str:
         return f"cpu · OpenVINO {self.precision} · {self.threads} threads"
