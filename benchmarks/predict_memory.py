@@ -129,7 +129,7 @@ def run_size(size: int, checkpoint: Path, workdir: Path, args: argparse.Namespac
     return {
         "size": size,
         "megapixels": round(megapixels, 3),
-        "tiles": plan_tiles(size, size, args.tile_size, args.overlap, 0, 16).count,
+        "tiles": plan_tiles(size, size, args.tile_size, args.overlap, 0, 2**args.depth).count,
         "seconds": round(seconds, 1),
         "peak_rss_mib": round(peak_mib, 1),
         "mib_per_megapixel": round(peak_mib / megapixels, 2),

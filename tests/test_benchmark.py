@@ -40,7 +40,7 @@ def test_predict_memory_benchmark_measures_the_real_cli(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     rows = json.loads(out.read_text())["sizes"]
     assert [row["size"] for row in rows] == [64, 160]
-    assert [row["tiles"] for row in rows] == [4, 25]  # 64 + 2×8 mirrored → 2 tiles a side; 176 → 5
+    assert [row["tiles"] for row in rows] == [1, 16]  # 64: one pass; 160: 4 tiles a side, steps of 32 ≤ 64 × 0.5
     for row in rows:
         # the child's own peak: a Python process with torch loaded, far below the 2 GiB budget
         assert 100 < row["peak_rss_mib"] < 2048

@@ -87,9 +87,10 @@ def predict_sources(sources: list[ImageSource], predictor: Predictor, plan: Outp
                 on_tiles = outputs.bars.start_page(page.name, predictor.tile_count(*page.image.shape[1:]))
                 results = [predictor.segment(page.image, plan.probability_dtype(page.source.stack), on_tiles)]
             else:
-                outputs.bars.start_page(f"{group[0].name} and {len(group) - 1} more", 1)
+                on_tiles = outputs.bars.start_page(f"{group[0].name} and {len(group) - 1} more", len(group))
                 dtype = plan.probability_dtype(group[0].source.stack)
                 results = predictor.segment_batch([page.image for page in group], dtype)
+                on_tiles(len(group))  # one pass each
             for page, result in zip(group, results, strict=True):
                 outputs.write(page, result)
                 pixels += page.image.shape[1] * page.image.shape[2]
