@@ -79,7 +79,9 @@ def predict_sources(sources: list[ImageSource], predictor: Predictor, plan: Outp
     output.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     pixels = 0
-    pages = read_ahead(numbered_pages(shard, predictor.in_channels), depth=predictor.tiling.batch_size)
+    # One page read ahead (not a batch's worth: a folder of 8k images would hold six of them); a batch of
+    # small pages waits a few milliseconds for its last decodes, against a forward pass of a second.
+    pages = read_ahead(numbered_pages(shard, predictor.in_channels))
     with progress_bars() as progress, closing(pages), Outputs(output, plan, Bars(progress, len(shard))) as outputs:
         for group in batches(pages, predictor):
             if len(group) == 1:
@@ -94,7 +96,7 @@ def predict_sources(sources: list[ImageSource], predictor: Predictor, plan: Outp
             for page, result in zip(group, results, strict=True):
                 outputs.write(page, result)
                 pixels += page.image.shape[1] * page.image.shape[2]
-            del group, results  # not alive while the next batch is predicted
+            del group, results, page, result  # not alive while the next batch is predicted
     barrier()  # the summary counts every rank's images
     seconds = time.perf_counter() - started
     counts = [sum(source.pages for source in shard), pixels]
