@@ -35,7 +35,8 @@ def test_mirrored_crop_equals_a_crop_of_the_padded_image() -> None:
         assert (crop == padded[:, top + 4 : top + 12, left + 4 : left + 12]).all()
 
 
-def test_bands_cover_every_row_once_and_count_the_tiles() -> None:
+@pytest.mark.parametrize("batch_size", [1, 3, 4, 100])  # 4 tiles a row: batches within rows, across rows, all
+def test_bands_cover_every_row_once_and_count_the_tiles(batch_size: int) -> None:
     image = np.random.default_rng(1).random((1, 150, 70)).astype(np.float32)
     tiles = []
 
@@ -43,7 +44,7 @@ def test_bands_cover_every_row_once_and_count_the_tiles() -> None:
         return batch  # the identity: the blend of overlapping copies of the image is the image
 
     grid = plan_tiles(150, 70, 32, 0.5, 4, 16)
-    bands = list(blended_rows(image, lambda x: x, forward, grid, True, 3, 1, tiles.append))
+    bands = list(blended_rows(image, lambda x: x, forward, grid, True, batch_size, 1, tiles.append))
     tops = [top for top, _ in bands]
     assert tops == sorted(tops) and tops[0] == 0
     assert sum(band.shape[1] for _, band in bands) == 150

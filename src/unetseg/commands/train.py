@@ -19,6 +19,7 @@ from unetseg.reporting.run_report import write_run_report
 from unetseg.runner import run_command
 from unetseg.runtime.console import config_tree, console
 from unetseg.runtime.distributed import current_world, gather_objects
+from unetseg.runtime.interrupts import interrupts_between_steps
 from unetseg.runtime.paths import user_path
 from unetseg.tracking.loggers import Loggers, flatten, open_loggers
 from unetseg.training.trainer import Trainer, TrainResult
@@ -52,7 +53,8 @@ def train(cfg: TrainConfig, run_dir: Path) -> dict[str, Any]:
 
     trainer = Trainer(cfg, run_dir, open_loggers_for)
     try:
-        result = trainer.fit()
+        with interrupts_between_steps():
+            result = trainer.fit()
         summary = finish(cfg, run_dir, result, started, trainer.loggers)
     except BaseException as error:  # Ctrl-C or a crash, in training or after it: the logged run says so
         trainer.loggers.close("KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")

@@ -11,9 +11,9 @@ centre more than its edges.
 
 Memory does not grow with the tiles: tiles are cut from the raw (unpadded, un-normalised) image one batch
 at a time (mirrored indices instead of a padded copy; ``prepare`` normalises each batch), and the blend is
-accumulated in float32 buffers one tile high. Tiles are visited row by row; once a row of tiles is done,
-the rows above the next row of tiles are final and are handed out as a band, so a caller can turn them into
-classes (uint8) straight away instead of keeping a (K, H, W) float32 map.
+accumulated in float32 buffers about one tile high. Tiles are visited row by row, in batches that may span
+rows; once a batch is done, the rows above the next tile are final and are handed out as a band, so a caller
+can turn them into classes (uint8) straight away instead of keeping a (K, H, W) float32 map.
 """
 
 from __future__ import annotations
@@ -193,32 +193,45 @@ def blended_rows(
         yield 0, single_pass_output(output[0].float().cpu().numpy(), grid)
         return
     tile_h, tile_w = grid.input_shape
-    extended_w = cols.starts[-1] + tile_w
+    extended_w, extended_h = cols.starts[-1] + tile_w, rows.starts[-1] + tile_h
     weights = importance_map(tile_h, tile_w, gaussian)
-    # Extended rows [top, top + tile_h) of the blend; slid down after each row of tiles.
+    # Batches run across rows of tiles, so every batch but an image's last has the same shape: a short batch at
+    # the end of each row (15 tiles = 4+4+4+3) made oneDNN and the allocator keep memory for two shapes
+    # (+105 MiB at 2048², classic net, measured with benchmarks/predict_memory.py).
+    positions = [(top, left) for top in rows.starts for left in cols.starts]
+    buffer_top = 0  # the extended row at index 0 of the buffers; the rows above it are final and handed out
     total = np.zeros((num_outputs, tile_h, extended_w), np.float32)
     weight_sum = np.zeros((tile_h, extended_w), np.float32)
-    for index, top in enumerate(rows.starts):
-        for first in range(0, len(cols.starts), batch_size):
-            batch = cols.starts[first : first + batch_size]
-            crops = np.stack([mirrored_crop(image, top - rows.pad, left - cols.pad, tile_h, tile_w) for left in batch])
-            out = forward(torch.from_numpy(prepare(crops))).float().cpu().numpy()
-            for left, tile_probs in zip(batch, out, strict=True):
-                tile_probs *= weights
-                total[:, :, left : left + tile_w] += tile_probs
-                weight_sum[:, left : left + tile_w] += weights
-            if on_tiles is not None:
-                on_tiles(len(batch))
-        next_top = rows.starts[index + 1] if index + 1 < len(rows.starts) else top + tile_h
-        done = next_top - top  # these rows get no more tiles
-        first_row, last_row = max(top, rows.pad), min(top + done, rows.pad + rows.length)  # extended coordinates
-        if first_row < last_row:
-            band_rows, band_cols = slice(first_row - top, last_row - top), slice(cols.pad, cols.pad + cols.length)
-            yield first_row - rows.pad, total[:, band_rows, band_cols] / weight_sum[band_rows, band_cols]
-        total[:, : tile_h - done] = total[:, done:]
-        total[:, tile_h - done :] = 0
-        weight_sum[: tile_h - done] = weight_sum[done:]
-        weight_sum[tile_h - done :] = 0
+    for first in range(0, len(positions), batch_size):
+        batch = positions[first : first + batch_size]
+        crops = np.stack([mirrored_crop(image, t - rows.pad, left - cols.pad, tile_h, tile_w) for t, left in batch])
+        out = forward(torch.from_numpy(prepare(crops))).float().cpu().numpy()
+        missing = batch[-1][0] + tile_h - buffer_top - total.shape[1]
+        if missing > 0:  # a batch reaching into the next row of tiles: the buffers grow (once)
+            total = np.concatenate([total, np.zeros((num_outputs, missing, extended_w), np.float32)], axis=1)
+            weight_sum = np.concatenate([weight_sum, np.zeros((missing, extended_w), np.float32)])
+        for (top, left), tile_probs in zip(batch, out, strict=True):
+            tile_probs *= weights
+            r = top - buffer_top
+            total[:, r : r + tile_h, left : left + tile_w] += tile_probs
+            weight_sum[r : r + tile_h, left : left + tile_w] += weights
+        if on_tiles is not None:
+            on_tiles(len(batch))
+        following = first + batch_size
+        final = positions[following][0] if following < len(positions) else extended_h  # no later tile reaches above
+        done = final - buffer_top
+        if done <= 0:
+            continue
+        low, high = max(buffer_top, rows.pad), min(final, rows.pad + rows.length)  # extended coordinates
+        if low < high:
+            band_rows, band_cols = slice(low - buffer_top, high - buffer_top), slice(cols.pad, cols.pad + cols.length)
+            yield low - rows.pad, total[:, band_rows, band_cols] / weight_sum[band_rows, band_cols]
+        kept = total.shape[1] - done
+        total[:, :kept] = total[:, done:]
+        total[:, kept:] = 0
+        weight_sum[:kept] = weight_sum[done:]
+        weight_sum[kept:] = 0
+        buffer_top = final
 
 
 def assemble(rows: Iterator[tuple[int, np.ndarray]], num_outputs: int, height: int, width: int) -> np.ndarray:

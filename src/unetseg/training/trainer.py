@@ -38,6 +38,7 @@ from unetseg.runtime.console import console, progress_bars
 from unetseg.runtime.device import resolve_device
 from unetseg.runtime.distributed import all_reduce_sum, broadcast_buffers, current_world
 from unetseg.runtime.errors import UserError
+from unetseg.runtime.interrupts import stop_if_interrupted
 from unetseg.runtime.paths import user_path
 from unetseg.runtime.precision import choose_fast_path, maybe_compile
 from unetseg.scoring.names import AP50, DICE, LOSS, PIXEL_ERROR, RAND_ERROR, dice_of, lower_is_better, validation_scores
@@ -116,6 +117,7 @@ class Trainer:
                 self.on_epoch_start(epoch)
                 train_loss = self.train_epoch()
                 metrics = self.validation_epoch(train_loss)
+                stop_if_interrupted()
                 self.on_epoch_end(metrics)
                 if self.should_stop_early():
                     break
@@ -292,6 +294,7 @@ class Trainer:
             # Reading the loss synchronises with the device: only every 10 steps, for the progress bar.
             status = f"loss {loss_sum.item() / step:.4f}" if step % 10 == 0 or step == len(self.loader) else None
             self.bars.batch_done(status)
+            stop_if_interrupted()  # Ctrl-C stops between steps (see unetseg.runtime.interrupts)
         # One reduction per epoch.
         totals = all_reduce_sum(torch.stack([loss_sum, torch.tensor(float(len(self.loader)), device=self.device)]))
         return (totals[0] / totals[1].clamp(min=1)).item()

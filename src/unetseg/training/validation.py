@@ -12,6 +12,7 @@ from unetseg.data.dataset import LabelledImages
 from unetseg.model.head import classes_from_probabilities, to_probabilities
 from unetseg.objects.instances import InstanceRule, objects_from, true_objects
 from unetseg.runtime.distributed import all_reduce_sum, current_world
+from unetseg.runtime.interrupts import stop_if_interrupted
 from unetseg.runtime.precision import FastPath
 from unetseg.scoring.board import ScoreBoard
 from unetseg.scoring.names import LOSS
@@ -70,6 +71,7 @@ def validate(
             board.add(name, predicted, label, pair)
             if len(kept) < previews:
                 kept.append(Preview(name, image, label, predicted))
+            stop_if_interrupted()
     board.reduce_across_ranks(fast.device)  # every rank gets the same scores
     all_reduce_sum(total_loss)
     return Validation({LOSS.key: (total_loss / len(items)).item(), **board.summary()}, kept)

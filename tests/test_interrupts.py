@@ -1,0 +1,34 @@
+"""Ctrl-C during training is honoured between steps, never lost (unetseg.runtime.interrupts)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+from unetseg.runtime.interrupts import interrupts_between_steps, stop_if_interrupted
+
+
+def ctrl_c() -> None:
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(0.05)  # the handler runs at the next bytecode of the main thread
+
+
+def test_the_first_ctrl_c_waits_for_the_check_and_the_second_raises_at_once() -> None:
+    before = signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt), interrupts_between_steps():
+        ctrl_c()  # only a request: the "step" goes on
+        finished_step = True
+        with pytest.raises(KeyboardInterrupt):
+            ctrl_c()  # a second Ctrl-C does not wait
+        assert finished_step
+        stop_if_interrupted()
+    assert signal.getsignal(signal.SIGINT) is before  # Python's own handling is back
+    stop_if_interrupted()  # and nothing is left pending
+
+
+def test_a_ctrl_c_after_the_last_check_still_stops() -> None:
+    with pytest.raises(KeyboardInterrupt), interrupts_between_steps():
+        ctrl_c()
