@@ -20,13 +20,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
-import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from whole_process import summarise, timed  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 ISBI_TEST = REPO.parent / "shared" / "data" / "isbi2012" / "test"
@@ -63,15 +62,6 @@ def classic_checkpoint(path: Path) -> Path:
     return path
 
 
-def timed(command: list[str], env: dict[str, str]) -> float:
-    started = time.perf_counter()
-    result = subprocess.run(command, capture_output=True, text=True, env=env)
-    seconds = time.perf_counter() - started
-    if result.returncode != 0:
-        sys.exit(f"{shlex.join(command)} failed:\n{result.stderr}")
-    return seconds
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--input", type=Path, default=ISBI_TEST)
@@ -105,17 +95,11 @@ def main() -> None:
                     seconds[name].append(timed([*command, f"output={output}"], env))
                 print(f"round {round_ + 1}: {name}: {seconds[name][-1]:.1f} s", flush=True)
 
-    plain = statistics.median(seconds["plain loop"])
     print(f"\n{images} images from {args.input}, whole processes, median of {args.rounds} rounds:")
-    rows = {}
-    for name, values in seconds.items():
-        median = statistics.median(values)
-        rows[name] = {
-            "seconds": round(median, 2),
-            "rounds": [round(v, 2) for v in values],
-            "vs_plain": round(plain / median, 2),
-        }
-        print(f"  {name:<44} {median:6.1f} s  {images / median:5.2f} images/s  {plain / median:5.2f}× the plain loop")
+    rows = summarise(seconds)
+    for name, row in rows.items():
+        rate = images / float(row["seconds"])  # type: ignore[arg-type]
+        print(f"  {name:<44} {row['seconds']:6.1f} s  {rate:5.2f} images/s  {row['vs_plain']:5.2f}× the plain loop")
     if args.json:
         args.json.write_text(json.dumps({"images": images, "input": str(args.input), "results": rows}, indent=2))
 

@@ -17,12 +17,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from whole_process import summarise, timed  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 ISBI_TRAIN = REPO.parent / "shared" / "data" / "isbi2012" / "train"
@@ -51,15 +51,6 @@ for image, label in zip(images, labels):
 """
 
 
-def timed(command: list[str], env: dict[str, str]) -> float:
-    started = time.perf_counter()
-    result = subprocess.run(command, capture_output=True, text=True, env=env)
-    seconds = time.perf_counter() - started
-    if result.returncode != 0:
-        sys.exit(f"{command} failed:\n{result.stderr}")
-    return seconds
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=ISBI_TRAIN, help="ISBI train/ (image/ and label/)")
@@ -86,17 +77,10 @@ def main() -> None:
                 seconds[name].append(timed([*command, *extra], env))
                 print(f"round {round_ + 1}: {name}: {seconds[name][-1]:.1f} s", flush=True)
 
-    plain = statistics.median(seconds["plain loop"])
     print(f"\none epoch on 20 slices of {args.data}, whole processes, median of {args.rounds} rounds:")
-    rows = {}
-    for name, values in seconds.items():
-        median = statistics.median(values)
-        rows[name] = {
-            "seconds": round(median, 2),
-            "rounds": [round(v, 2) for v in values],
-            "vs_plain": round(plain / median, 2),
-        }
-        print(f"  {name:<40} {median:6.1f} s  {plain / median:5.2f}× the plain loop")
+    rows = summarise(seconds)
+    for name, row in rows.items():
+        print(f"  {name:<40} {row['seconds']:6.1f} s  {row['vs_plain']:5.2f}× the plain loop")
     if args.json:
         args.json.write_text(json.dumps({"data": str(args.data), "results": rows}, indent=2))
 
