@@ -148,3 +148,23 @@ def test_openvino_calls_hold_at_most_one_512_image_of_pixels() -> None:
     for batch in (torch.rand(3, 1, 512, 512), torch.rand(5, 1, 64, 64)):
         assert torch.allclose(network(batch), reference(batch), atol=1e-4)
     assert set(network.compiled) == {(1, 1, 512, 512), (5, 1, 64, 64)}
+
+
+@needs_openvino
+def test_a_damaged_or_unusable_cache_is_converted_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from unetseg.inference.backends import KEEP_COMPILED, OpenVinoNetwork
+
+    checkpoint, image = trained_checkpoint(1), torch.rand(1, 1, 64, 64)
+    expected = Predictor(checkpoint, FP32).network(image)
+    monkeypatch.setenv("UNETSEG_CACHE_DIR", str(tmp_path / "cache"))
+    OpenVinoNetwork(checkpoint, FP32)
+    (xml,) = (tmp_path / "cache" / "openvino" / "models").glob("*/model.xml")
+    xml.write_text("not a model")  # e.g. a disk that filled up while it was written
+    assert torch.allclose(OpenVinoNetwork(checkpoint, FP32)(image), expected, atol=1e-4)
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("UNETSEG_CACHE_DIR", str(tmp_path / "file" / "cache"))  # cannot be a folder
+    network = OpenVinoNetwork(checkpoint, FP32)
+    assert torch.allclose(network(image), expected, atol=1e-4)
+    for side in range(16, 16 * (KEEP_COMPILED + 3), 16):  # images of many sizes
+        network(torch.rand(1, 1, side, side))
+    assert len(network.compiled) == KEEP_COMPILED

@@ -23,6 +23,7 @@ import shutil
 import tempfile
 import time
 import warnings
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +46,7 @@ log = logging.getLogger(__name__)
 PIXELS_PER_CALL = 512 * 512
 KEEP_MODELS = 8  # converted checkpoints kept in the cache (the least recently used go first) ...
 KEEP_BLOBS = 32  # ... and compiled shapes
+KEEP_COMPILED = 4  # compiled shapes held in memory by one run
 
 
 def openvino_installed() -> bool:
@@ -99,13 +101,28 @@ class OpenVinoNetwork:
         self.core = ov.Core()
         self.precision = "bf16" if fast.dtype == torch.bfloat16 else "f32"
         folder = cache_root() / "openvino"
-        self.core.set_property({"CACHE_DIR": str(folder / "compiled")})
-        self.model = self.core.read_model(converted_model(checkpoint, folder / "models"))
-        self.compiled: dict[tuple[int, ...], object] = {}
+        try:
+            (folder / "compiled").mkdir(parents=True, exist_ok=True)
+            prune(folder / "compiled", KEEP_BLOBS)  # every input shape adds a blob: keep the newest
+            self.core.set_property({"CACHE_DIR": str(folder / "compiled")})
+            xml = converted_model(checkpoint, folder / "models")
+            try:
+                self.model = self.core.read_model(xml)
+            except RuntimeError:  # a damaged cache entry (a disk that filled up, an edit): convert it again
+                shutil.rmtree(xml.parent, ignore_errors=True)
+                self.model = self.core.read_model(converted_model(checkpoint, folder / "models"))
+        except OSError as error:  # no usable cache folder: convert in memory, every run
+            log.warning("OpenVINO cache %s not usable (%s): converting without it", folder, error)
+            self.model = convert(checkpoint)
+        self.compiled: OrderedDict[tuple[int, ...], object] = OrderedDict()  # the most recently used last
         self.threads = torch.get_num_threads()
 
     def compiled_for(self, shape: tuple[int, ...]) -> object:
-        if shape not in self.compiled:
+        if shape in self.compiled:
+            self.compiled.move_to_end(shape)
+        else:
+            if len(self.compiled) >= KEEP_COMPILED:  # images of many sizes: do not hold a model per size
+                self.compiled.popitem(last=False)
             model = self.model.clone()
             model.reshape(list(shape))
             config = {
@@ -161,15 +178,7 @@ def converted_model(checkpoint: Checkpoint, folder: Path) -> Path:
         os.utime(target)  # recently used: pruned last
         return xml
     folder.mkdir(parents=True, exist_ok=True)
-    network = probability_net(checkpoint)
-    channels, side = checkpoint.model.in_channels, 4 * 2**checkpoint.model.depth
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # tracer warnings about shape arithmetic: the shapes are dynamic
-        model = ov.convert_model(
-            network,
-            example_input=torch.zeros(1, channels, side, side),
-            input=[ov.PartialShape([-1, channels, -1, -1])],
-        )
+    model = convert(checkpoint)
     staging = Path(tempfile.mkdtemp(prefix=".converting-", dir=folder))
     try:
         ov.save_model(model, staging / "model.xml", compress_to_fp16=False)
@@ -184,6 +193,21 @@ def converted_model(checkpoint: Checkpoint, folder: Path) -> Path:
     prune(folder, KEEP_MODELS)
     prune(folder.parent / "compiled", KEEP_BLOBS)
     return xml
+
+
+def convert(checkpoint: Checkpoint) -> object:
+    """The checkpoint's ProbabilityNet as an OpenVINO model with dynamic batch, height and width."""
+    import openvino as ov
+
+    network = probability_net(checkpoint)
+    channels, side = checkpoint.model.in_channels, 4 * 2**checkpoint.model.depth
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer warnings about shape arithmetic: the shapes are dynamic
+        return ov.convert_model(
+            network,
+            example_input=torch.zeros(1, channels, side, side),
+            input=[ov.PartialShape([-1, channels, -1, -1])],
+        )
 
 
 def prune(folder: Path, keep: int) -> None:

@@ -110,7 +110,7 @@ def check_inputs_everywhere(sources: list[ImageSource], channels: int, device: t
     time): if any rank finds a bad file or page, that rank reports it and all ranks stop."""
     problem: UserError | None = None
     try:
-        for _ in all_pages(sources, channels):
+        for _ in numbered_pages(sources, channels):
             pass
     except UserError as error:
         problem = error
@@ -118,11 +118,6 @@ def check_inputs_everywhere(sources: list[ImageSource], channels: int, device: t
         if problem is not None:
             raise problem
         sys.exit(EXIT_USER_ERROR)  # another rank reported the bad file
-
-
-def all_pages(sources: list[ImageSource], channels: int) -> Iterator[np.ndarray]:
-    for source in sources:
-        yield from read_pages(source, channels)
 
 
 @dataclass
