@@ -9,6 +9,7 @@ import os
 import sys
 
 from unetseg import __version__
+from unetseg.runtime.interrupts import Interrupted
 
 COMMANDS = {
     "train": "train a U-Net (unetseg train --help)",
@@ -82,7 +83,12 @@ def main(argv: list[str] | None = None) -> None:
     if command in COMMANDS:
         try:
             _dispatch(command, rest)
-        except KeyboardInterrupt:  # Ctrl-C: one line, not a traceback; every file is written atomically
+        except Interrupted as stop:  # stopped at a safe point: the command says what it kept and how to go on
+            print(
+                f"unetseg {command}: stopped by {stop.name}{f'; {stop.detail}' if stop.detail else ''}", file=sys.stderr
+            )
+            sys.exit(stop.exit_status)
+        except KeyboardInterrupt:  # Ctrl-C elsewhere: one line, not a traceback; every file is written atomically
             print(f"unetseg {command}: interrupted; the files already written are complete", file=sys.stderr)
             sys.exit(130)
         return

@@ -199,6 +199,7 @@ class DataConfig:
     boundary_width: int = MISSING
     patch_size: int | None = MISSING
     samples_per_epoch: int | None = MISSING
+    max_pixels: int | None = MISSING  # the most pixels one image may have (checked from its header); 0/null: any
     normalization: NormalizationConfig = field(default_factory=NormalizationConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
@@ -294,6 +295,7 @@ class PredictConfig(InferenceConfig):
     pixel_size: float | None = MISSING
     overwrite: bool = MISSING
     runs_root: str = MISSING
+    max_pixels: int | None = MISSING  # the most pixels one input page may have (checked from its header); 0/null: any
 
 
 @dataclass

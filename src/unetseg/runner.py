@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import difflib
 import functools
-import json
 import logging
 import re
 import shutil
@@ -33,10 +32,13 @@ from unetseg import sweep
 from unetseg.checks import CHECKS
 from unetseg.config import register_schemas, to_typed
 from unetseg.io.atomic import write_text_atomic
+from unetseg.io.claims import folder_in_use
+from unetseg.io.strict_json import to_json
 from unetseg.runtime import distributed
 from unetseg.runtime.console import console, print_error
 from unetseg.runtime.errors import EXIT_USER_ERROR, UserError
-from unetseg.runtime.paths import config_dir, register_resolvers, run_stamp, share_run_stamp
+from unetseg.runtime.paths import config_dir, register_resolvers, run_stamp, share_run_stamp, user_path
+from unetseg.training.run_folder import refuse_to_train_into
 
 log = logging.getLogger(__name__)
 
@@ -158,6 +160,23 @@ def preflight(command: str, overrides: list[str], multirun: bool) -> None:
                     f"{extra[0]}: no such key in the schema; see the valid keys with unetseg {command} --cfg job"
                 )
             CHECKS[command](typed)
+            if command == "train" and not multirun:
+                check_run_folder(overrides, typed.trainer.resume)
+
+
+def check_run_folder(overrides: list[str], resume: str | None) -> None:
+    """Before Hydra writes its .hydra/ files: a hydra.run.dir= that another command is writing, or that holds a
+    training run this one does not resume, is refused (so nothing of that run is touched)."""
+    given = [o.split("=", 1)[1] for o in overrides if o.startswith("hydra.run.dir=")]
+    if not given or "${" in given[-1]:
+        return
+    run_dir = user_path(given[-1])
+    holder = folder_in_use(run_dir)
+    if holder:
+        raise UserError(
+            f"hydra.run.dir={given[-1]} is in use by {holder}: wait for it, or choose another hydra.run.dir"
+        )
+    refuse_to_train_into(run_dir, resume)
 
 
 def guarded(command: str, task: Task) -> Callable[[DictConfig], dict[str, Any] | None]:
@@ -203,7 +222,7 @@ def _remove_if_empty_run(run_dir: Path) -> None:
 def _record_failure(run_dir: Path, message: str) -> None:
     sweep.record_failure()
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(run_dir / "metrics.json", json.dumps({"status": "failed", "error": message}, indent=2))
+    write_text_atomic(run_dir / "metrics.json", to_json({"status": "failed", "error": message}, indent=2), durable=True)
 
 
 def run_command(command: str, task: Task, argv: list[str]) -> NoReturn:

@@ -3,7 +3,6 @@ and score them as the ISBI 2012 challenge does; print a table, write metrics.jso
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -16,6 +15,7 @@ from unetseg.data.labels import LabelRule
 from unetseg.inference.evaluation import score_images
 from unetseg.inference.predictor import Predictor, build_predictor, objects_settings
 from unetseg.io.atomic import refuse_to_overwrite, write_text_atomic
+from unetseg.io.strict_json import to_json
 from unetseg.model.checkpoint import find_checkpoint
 from unetseg.runner import run_command
 from unetseg.runtime.console import console
@@ -35,7 +35,9 @@ def labelled_images(cfg: EvaluateConfig, predictor: Predictor) -> tuple[Labelled
     rule = LabelRule(spec.num_classes, cfg.data.label_encoding.value, checkpoint.target, checkpoint.boundary_width)
     if cfg.input is not None and cfg.labels is not None:
         images, labels = user_path(cfg.input), user_path(cfg.labels)
-        items = load_pairs(images, labels, spec.in_channels, rule, normalizer, cfg.data.label_suffix)
+        items = load_pairs(
+            images, labels, spec.in_channels, rule, normalizer, cfg.data.label_suffix, max_pixels=cfg.data.max_pixels
+        )
         return items, f"{images} with labels {labels}"
     train, val = load_splits(cfg.data, spec.in_channels, rule, normalizer)
     chosen = {"val": val, "train": train, "all": train + val}[cfg.split]
@@ -113,8 +115,8 @@ def evaluate(cfg: EvaluateConfig, run_dir: Path) -> dict[str, Any]:
         "objects": None if board.objects is None else object_report(board.objects, predictor),
         "seconds": round(seconds, 3),
     }
-    write_text_atomic(target, json.dumps(report, indent=2))
-    log.info("evaluated %d images with %s: %s", len(items), path, json.dumps(report["mean"]))
+    write_text_atomic(target, to_json(report, indent=2), durable=True)
+    log.info("evaluated %d images with %s: %s", len(items), path, to_json(report["mean"]))
     console.print(f"metrics: {target}")
     return report
 

@@ -4,6 +4,7 @@ names, never written into the input folders (the pipeline: unetseg.inference.pip
 from __future__ import annotations
 
 import logging
+from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -14,10 +15,12 @@ from unetseg.inference.predictor import build_predictor, objects_settings
 from unetseg.inference.sources import find_inputs, open_source
 from unetseg.inference.writers import OutputPlan, overlay_ids
 from unetseg.io.atomic import refuse_to_overwrite
+from unetseg.io.claims import claim_folder
 from unetseg.model.checkpoint import find_checkpoint
 from unetseg.runner import run_command
 from unetseg.runtime.console import console
 from unetseg.runtime.distributed import current_world
+from unetseg.runtime.interrupts import interrupts_between_steps
 from unetseg.runtime.paths import user_path
 
 log = logging.getLogger(__name__)
@@ -28,6 +31,14 @@ def predict(cfg: PredictConfig, run_dir: Path) -> dict[str, Any]:
     images, input_dirs = find_inputs(cfg.input)
     output = user_path(cfg.output) if cfg.output else run_dir
     check_output_folder(images, input_dirs, output)
+    # Under torchrun the ranks share the folder: rank 0 claims it for all of them.
+    claim = claim_folder(output, "predict", "choose another output=") if current_world().is_main else nullcontext()
+    with claim, interrupts_between_steps():
+        return predict_into(cfg, images, output)
+
+
+def predict_into(cfg: PredictConfig, images: list[Path], output: Path) -> dict[str, Any]:
+    """Predict ``images`` into the claimed folder ``output``."""
     checkpoint_path = find_checkpoint(cfg.checkpoint, cfg.runs_root)
     predictor = build_predictor(cfg, checkpoint_path)
     class_names = predictor.checkpoint.class_names
@@ -47,7 +58,7 @@ def predict(cfg: PredictConfig, run_dir: Path) -> dict[str, Any]:
     world = current_world()
     ranks = f" · {world.size} processes, each predicts 1/{world.size} of the files" if world.distributed else ""
     console.print(f"[bold]{predictor.describe()}{ranks}[/]")
-    sources = [open_source(image) for image in images]
+    sources = [open_source(image, cfg.max_pixels) for image in images]
     refuse_to_overwrite(output_files(sources, plan, output), cfg.overwrite)
 
     summary = predict_sources(sources, predictor, plan, output)

@@ -3,25 +3,30 @@ run directory (and in the loggers that trainer.loggers names)."""
 
 from __future__ import annotations
 
-import json
 import logging
 import os
+import shlex
 import socket
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
 from unetseg.config import TrainConfig
 from unetseg.io.atomic import write_text_atomic
+from unetseg.io.claims import claim_folder
+from unetseg.io.strict_json import to_json
 from unetseg.reporting.run_report import write_run_report
 from unetseg.runner import run_command
 from unetseg.runtime.console import config_tree, console
 from unetseg.runtime.distributed import current_world, gather_objects
-from unetseg.runtime.interrupts import interrupts_between_steps
+from unetseg.runtime.interrupts import Interrupted, interrupts_between_steps
 from unetseg.runtime.paths import user_path
 from unetseg.tracking.loggers import Loggers, flatten, open_loggers
+from unetseg.training.run_folder import refuse_to_train_into
 from unetseg.training.trainer import Trainer, TrainResult
 
 log = logging.getLogger(__name__)
@@ -51,16 +56,37 @@ def train(cfg: TrainConfig, run_dir: Path) -> dict[str, Any]:
     def open_loggers_for(resumed_from: Path | None) -> Loggers:
         return start_loggers(cfg, run_dir, tree, resumed_from)  # type: ignore[arg-type]
 
-    trainer = Trainer(cfg, run_dir, open_loggers_for)
-    try:
-        with interrupts_between_steps():
-            result = trainer.fit()
-        summary = finish(cfg, run_dir, result, started, trainer.loggers)
-    except BaseException as error:  # Ctrl-C or a crash, in training or after it: the logged run says so
-        trainer.loggers.close("KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
-        raise
-    trainer.loggers.close("FINISHED")
+    # The run folder is this run's alone (rank 0 claims it for all ranks under torchrun).
+    claim = claim_folder(run_dir, "train", "choose another hydra.run.dir") if current_world().is_main else nullcontext()
+    with claim:
+        refuse_to_train_into(run_dir, cfg.trainer.resume)
+        trainer = Trainer(cfg, run_dir, open_loggers_for)
+        try:
+            with interrupts_between_steps():
+                result = trainer.fit()
+            summary = finish(cfg, run_dir, result, started, trainer.loggers)
+        except Interrupted as stop:
+            stop.detail = resume_advice(trainer)
+            trainer.loggers.close("KILLED")
+            raise
+        except BaseException as error:  # a crash, in training or after it: the logged run says so
+            trainer.loggers.close("KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
+            raise
+        trainer.loggers.close("FINISHED")
     return summary
+
+
+def resume_advice(trainer: Trainer) -> str:
+    """The line a stopped training ends with: what was kept and the exact command that goes on."""
+    checkpoint = trainer.interrupted_checkpoint
+    if checkpoint is None:
+        return "nothing new was saved (trainer.save_last=false, or no step had finished)"
+    given = HydraConfig.get().overrides
+    overrides = [o for o in given.task if not o.startswith("trainer.resume=")]
+    overrides += [o for o in given.hydra if o.startswith("hydra.run.dir=")]  # go on in the same folder
+    command = shlex.join(["unetseg", "train", *overrides, f"trainer.resume={checkpoint}"])
+    where = f"epoch {trainer.epoch}, step {trainer.steps_done} of {len(trainer.loader)}"
+    return f"{checkpoint} keeps the run as of {where}; go on with: {command}"
 
 
 def same_scores(a: dict[str, float], b: dict[str, float]) -> bool:
@@ -102,7 +128,7 @@ def finish(cfg: TrainConfig, run_dir: Path, result: TrainResult, started: float,
     if world.distributed:
         summary["world_size"] = world.size
         summary["best_per_rank"] = ranks_best
-    write_text_atomic(run_dir / "metrics.json", json.dumps(summary, indent=2))
+    write_text_atomic(run_dir / "metrics.json", to_json(summary, indent=2), durable=True)
     report = write_report(cfg, run_dir)
     loggers.log_best(result.best_epoch, result.best)
     loggers.log_files([result.best_checkpoint, report, run_dir / "curves.png"])

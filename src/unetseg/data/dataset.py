@@ -3,6 +3,7 @@ and a torch Dataset that augments deterministically (same seed, epoch and index 
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,9 +15,10 @@ from unetseg.config import AugmentConfig, DataConfig, DataSource
 from unetseg.data.augment import Sample, augment
 from unetseg.data.labels import LabelRule
 from unetseg.data.normalize import PercentileNormalizer
-from unetseg.data.pairing import find_folders, pair_files
+from unetseg.data.pairing import Pairing, find_folders, pair_files
 from unetseg.data.synthetic import synthetic_sample
 from unetseg.io.images import read_image, read_label
+from unetseg.io.limits import DEFAULT_MAX_PIXELS, PixelLimit, read_header
 from unetseg.runtime.errors import UserError
 from unetseg.runtime.paths import user_path
 
@@ -70,6 +72,128 @@ def _existing_folder(path: Path, what: str) -> Path:
     return path
 
 
+def decoded_bytes(pixels: int, channels: int, instance_pixels: int = 0, weighted: bool = False) -> int:
+    """Bytes that ``pixels`` pixels of labelled images take once loaded (:class:`LabelledImages`): per pixel
+    4 × ``channels`` (the normalised float32 image) + 1 (uint8 class ids) + 4 with a weighted loss (float32
+    loss weights), and 4 more (the int32 instance map) for each of the ``instance_pixels`` whose label file is
+    an instance map: 9 bytes per grey pixel with instance maps or a weighted loss, 5 without, 13 with both."""
+    return pixels * (4 * channels + 1 + (4 if weighted else 0)) + 4 * instance_pixels
+
+
+def _meminfo_available() -> int | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def _cgroup_room() -> int | None:
+    """What this process's memory cgroup (a container, a SLURM job) still lets it take, counting reclaimable
+    page cache (inactive_file) as free; None without a limit."""
+    for folder, limit_file, usage_file in (
+        (Path("/sys/fs/cgroup"), "memory.max", "memory.current"),  # cgroup v2
+        (Path("/sys/fs/cgroup/memory"), "memory.limit_in_bytes", "memory.usage_in_bytes"),  # v1
+    ):
+        try:
+            limit_text = (folder / limit_file).read_text().strip()
+            if limit_text == "max" or int(limit_text) >= 1 << 60:  # v1 writes "no limit" as a huge number
+                continue
+            used = int((folder / usage_file).read_text())
+            stat = dict(line.split() for line in (folder / "memory.stat").read_text().splitlines() if " " in line)
+            reclaimable = int(stat.get("inactive_file", stat.get("total_inactive_file", 0)))
+            return max(0, int(limit_text) - used + reclaimable)
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def available_memory() -> int | None:
+    """Bytes of memory this process can still take: MemAvailable (/proc/meminfo; else the free pages), or
+    less where a cgroup limit leaves less; None when neither can be read."""
+    free, room = _meminfo_available(), _cgroup_room()
+    if free is None or room is None:
+        return free if room is None else room
+    return min(free, room)
+
+
+def _amount(value: float, units: tuple[str, ...]) -> str:
+    """1234567 → "1.2 M<unit>": one decimal, in the largest unit (steps of 1000) that is at least 1."""
+    for power, unit in reversed(list(enumerate(units))):
+        if value >= 1000**power or power == 0:
+            return f"{value / 1000**power:.1f} {unit}"
+    raise AssertionError  # pragma: no cover
+
+
+def check_memory(needed: int, images: int, pixels: int, what: str, available: int | None = None) -> None:
+    """UserError if loading ``images`` files of ``pixels`` pixels in all (``needed`` bytes decoded, see
+    :func:`decoded_bytes`) would take more than the ``available`` bytes (default: :func:`available_memory`;
+    nothing is checked if that is unknown)."""
+    if available is None:
+        available = available_memory()
+    if available is None or needed <= available:
+        return
+    raise UserError(
+        f"the data set ({what}) decodes to {_amount(needed, ('B', 'kB', 'MB', 'GB', 'TB'))} ({images:,} images, "
+        f"{_amount(pixels, ('px', 'kpx', 'Mpx', 'Gpx', 'Tpx'))}), more than the "
+        f"{_amount(available, ('B', 'kB', 'MB', 'GB', 'TB'))} of memory available: use fewer or smaller images, "
+        "or crop them"
+    )
+
+
+def _holds_instances(rule: LabelRule, label_itemsize: int) -> bool:
+    """Whether a label file of samples this wide is likely kept as an instance map too: always for the
+    boundary target and data.label_encoding=instance, never for binary, and in auto for 16/32-bit files
+    (an 8-bit instance map is a guess too far from the header alone)."""
+    if rule.target == "boundary" or rule.encoding == "instance":
+        return True
+    return rule.encoding == "auto" and label_itemsize > 1
+
+
+def check_files(
+    pairings: list[Pairing],
+    channels: int,
+    rule: LabelRule,
+    limit: PixelLimit,
+    what: str,
+    weighted: bool = False,
+    available: int | None = None,
+) -> None:
+    """Before anything is decoded, from the file headers: every image and label within ``limit``, and the
+    whole set small enough to fit in memory once decoded (see :func:`check_memory`)."""
+    images = pixels = instance_pixels = 0
+    for pairing in pairings:
+        for image_path, label_path in pairing.pairs:
+            image, label = read_header(image_path), read_header(label_path)
+            limit.check(image, str(image_path))
+            limit.check(label, str(label_path))
+            if image is None:  # an unreadable header: decoding names the file
+                continue
+            images += 1
+            pixels += image.pixels
+            if label is not None and _holds_instances(rule, label.itemsize):
+                instance_pixels += image.pixels
+    check_memory(decoded_bytes(pixels, channels, instance_pixels, weighted), images, pixels, what, available)
+
+
+def _limit(max_pixels: int | None) -> PixelLimit:
+    return PixelLimit(max_pixels, "data.max_pixels")
+
+
+def _folder_pairs(root: Path, image_dir: str | None, label_dir: str | None, label_suffix: str | None) -> Pairing:
+    _existing_folder(root, "data folder")
+    image_folder, label_folder, found = find_folders(root, image_dir, label_dir)
+    _existing_folder(image_folder, f"image folder (data.image_dir={image_dir})")
+    _existing_folder(label_folder, f"label folder (data.label_dir={label_dir})")
+    pairing = pair_files(image_folder, label_folder, label_suffix)
+    return Pairing(pairing.pairs, f"{found}, {pairing.rule}")
+
+
 def load_folder(
     root: Path,
     image_dir: str | None,
@@ -78,16 +202,16 @@ def load_folder(
     rule: LabelRule,
     normalizer: PercentileNormalizer,
     label_suffix: str | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    weighted: bool = False,
 ) -> LabelledImages:
     """Read a data folder: its images and labels found and paired as unetseg.data.pairing says (folders
-    given or looked for, names by stem or stem + suffix); every problem names its file."""
-    _existing_folder(root, "data folder")
-    image_folder, label_folder, found = find_folders(root, image_dir, label_dir)
-    _existing_folder(image_folder, f"image folder (data.image_dir={image_dir})")
-    _existing_folder(label_folder, f"label folder (data.label_dir={label_dir})")
-    items = load_pairs(image_folder, label_folder, channels, rule, normalizer, label_suffix)
-    items.pairing = f"{found}, {items.pairing}"
-    return items
+    given or looked for, names by stem or stem + suffix); every problem names its file. Sizes and the
+    memory needed are checked from the headers first (:func:`check_files`)."""
+    pairing = _folder_pairs(root, image_dir, label_dir, label_suffix)
+    limit = _limit(max_pixels)
+    check_files([pairing], channels, rule, limit, str(root), weighted)
+    return _decode_pairs(pairing, channels, rule, normalizer, limit)
 
 
 def load_pairs(
@@ -97,17 +221,27 @@ def load_pairs(
     rule: LabelRule,
     normalizer: PercentileNormalizer,
     label_suffix: str | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    weighted: bool = False,
 ) -> LabelledImages:
     """Every image in ``image_folder`` with its label from ``label_folder`` (by name: see
-    unetseg.data.pairing), normalised."""
+    unetseg.data.pairing), normalised; sizes and memory checked from the headers first."""
     _existing_folder(image_folder, "image folder")
     _existing_folder(label_folder, "label folder")
     pairing = pair_files(image_folder, label_folder, label_suffix)
+    limit = _limit(max_pixels)
+    check_files([pairing], channels, rule, limit, str(image_folder), weighted)
+    return _decode_pairs(pairing, channels, rule, normalizer, limit)
+
+
+def _decode_pairs(
+    pairing: Pairing, channels: int, rule: LabelRule, normalizer: PercentileNormalizer, limit: PixelLimit
+) -> LabelledImages:
     pairs = pairing.pairs
     images, labels, instances = [], [], []
     for image_path, label_path in pairs:
-        image = read_image(image_path, channels)
-        label = read_label(label_path)
+        image = read_image(image_path, channels, limit)
+        label = read_label(label_path, limit)
         if image.shape[1:] != label.shape:
             raise UserError(
                 f"{image_path.name} is {image.shape[2]}×{image.shape[1]} but its label {label_path} is "
@@ -139,9 +273,11 @@ def label_rule(data: DataConfig, num_classes: int) -> LabelRule:
 
 
 def load_splits(
-    data: DataConfig, channels: int, rule: LabelRule, normalizer: PercentileNormalizer
+    data: DataConfig, channels: int, rule: LabelRule, normalizer: PercentileNormalizer, weighted: bool = False
 ) -> tuple[LabelledImages, LabelledImages]:
-    """The training and validation sets that ``data`` describes, normalised by ``normalizer``."""
+    """The training and validation sets that ``data`` describes, normalised by ``normalizer``. Before any
+    file is decoded, every size is checked against data.max_pixels and the decoded set against the memory
+    available (``weighted``: the loss keeps a float32 weight per pixel too, as training.losses.WEIGHTED do)."""
     if data.source == DataSource.synthetic:
         if channels != 1:
             raise UserError("data=synthetic makes grayscale images: use model.in_channels=1")
@@ -149,15 +285,14 @@ def load_splits(
         everything = synthetic_images(syn.kind.value, syn.num_images, syn.size, syn.seed, rule, normalizer)
     else:
         assert data.root is not None  # check_train guarantees it
-
-        def load(root: str) -> LabelledImages:
-            return load_folder(
-                user_path(root), data.image_dir, data.label_dir, channels, rule, normalizer, data.label_suffix
-            )
-
-        everything = load(data.root)
-        if data.val_root is not None:
-            return everything, load(data.val_root)
+        roots = [data.root] if data.val_root is None else [data.root, data.val_root]
+        pairings = [_folder_pairs(user_path(r), data.image_dir, data.label_dir, data.label_suffix) for r in roots]
+        limit = _limit(data.max_pixels)
+        what = " and ".join(f"{key}={root}" for key, root in zip(("data.root", "data.val_root"), roots, strict=False))
+        check_files(pairings, channels, rule, limit, what, weighted)
+        everything, *validation = (_decode_pairs(p, channels, rule, normalizer, limit) for p in pairings)
+        if validation:
+            return everything, validation[0]
     val_count = max(1, round(len(everything) * data.val_fraction))
     if len(everything) - val_count < 1:
         raise UserError(

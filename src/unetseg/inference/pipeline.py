@@ -27,6 +27,7 @@ from unetseg.inference.writers import OutputPlan, stack_writer, write_image
 from unetseg.runtime.console import progress_bars
 from unetseg.runtime.distributed import all_reduce_sum, any_rank, barrier, current_world
 from unetseg.runtime.errors import EXIT_USER_ERROR, UserError
+from unetseg.runtime.interrupts import stop_if_interrupted
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,7 @@ def predict_sources(sources: list[ImageSource], predictor: Predictor, plan: Outp
     check_inputs_everywhere(shard, predictor.in_channels, predictor.fast.device)
     output.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    pixels = 0
+    pixels = files_done = 0
     # One page read ahead (not a batch's worth: a folder of 8k images would hold six of them); a batch of
     # small pages waits a few milliseconds for its last decodes, against a forward pass of a second.
     pages = read_ahead(numbered_pages(shard, predictor.in_channels))
@@ -96,6 +97,12 @@ def predict_sources(sources: list[ImageSource], predictor: Predictor, plan: Outp
             for page, result in zip(group, results, strict=True):
                 outputs.write(page, result)
                 pixels += page.image.shape[1] * page.image.shape[2]
+                if page.index == page.source.pages - 1:  # a file's outputs are complete: a signal may stop here
+                    files_done += 1
+                    stop_if_interrupted(
+                        f"{files_done} of {len(shard)} file(s) done, their outputs in {output} complete; "
+                        "the others were not started"
+                    )
             del group, results, page, result  # not alive while the next batch is predicted
     barrier()  # the summary counts every rank's images
     seconds = time.perf_counter() - started

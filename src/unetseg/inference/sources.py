@@ -10,8 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from unetseg.io.images import IMAGE_SUFFIXES, as_channels, list_images, natural_key, read_image
-from unetseg.io.tiff import TIFF_SUFFIXES, colour_samples, decode_page, open_tiff
+from unetseg.io.images import IMAGE_SUFFIXES, as_channels, decode, list_images, natural_key, read_image
+from unetseg.io.limits import DEFAULT_LIMIT, DEFAULT_MAX_PIXELS, PixelLimit, page_header, read_header
+from unetseg.io.tiff import TIFF_SUFFIXES, colour_samples, open_tiff
 from unetseg.runtime.errors import UserError
 from unetseg.runtime.paths import user_path
 
@@ -23,6 +24,7 @@ class ImageSource:
     path: Path
     pages: int = 1
     tiff: bool = False  # read through tifffile (page by page), else OpenCV
+    limit: PixelLimit = DEFAULT_LIMIT  # the most pixels a page may have (the max_pixels setting)
 
     @property
     def stack(self) -> bool:
@@ -65,14 +67,21 @@ def find_inputs(text: str) -> tuple[list[Path], list[Path]]:
     raise UserError(f"input {path} does not exist: give an image file, a folder of images or a glob pattern")
 
 
-def open_source(path: Path) -> ImageSource:
-    """Count a TIFF's pages (headers only); every other file is one page."""
+def open_source(path: Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> ImageSource:
+    """Count a TIFF's pages; every other file is one page. Each page's size is checked against
+    ``max_pixels`` (the max_pixels setting) from the headers alone, so an oversized page is reported before
+    any file is decoded."""
+    limit = PixelLimit(max_pixels, "max_pixels")
     if path.suffix.lower() in TIFF_SUFFIXES:
         tif = open_tiff(path)
         if tif is not None:
             with tif:
-                return ImageSource(path, len(tif.pages), tiff=True)
-    return ImageSource(path)
+                source = ImageSource(path, len(tif.pages), tiff=True, limit=limit)
+                for index, page in enumerate(tif.pages):
+                    limit.check(page_header(page), source.page_name(index))
+                return source
+    limit.check(read_header(path), str(path))
+    return ImageSource(path, limit=limit)
 
 
 def _check_channels(samples: int, channels: int, where: str) -> None:
@@ -91,7 +100,7 @@ def _check_channels(samples: int, channels: int, where: str) -> None:
 def read_pages(source: ImageSource, channels: int) -> Iterator[np.ndarray]:
     """Each page as a (channels, H, W) array of its own dtype, one at a time; UserError names a bad page."""
     if not source.tiff:
-        yield read_image(source.path, channels)
+        yield read_image(source.path, channels, source.limit)
         return
     tif = open_tiff(source.path)
     if tif is None:
@@ -100,4 +109,4 @@ def read_pages(source: ImageSource, channels: int) -> Iterator[np.ndarray]:
         for index, page in enumerate(tif.pages):
             where = source.page_name(index)
             _check_channels(colour_samples(page), channels, where)
-            yield as_channels(decode_page(tif, index, where), channels)
+            yield as_channels(decode(source.path, source.limit, tif, index, where), channels)

@@ -24,10 +24,12 @@ _FILE_MODE = _default_file_mode()
 
 
 @contextmanager
-def atomic_open(path: Path) -> Iterator[BinaryIO]:
+def atomic_open(path: Path, durable: bool = False) -> Iterator[BinaryIO]:
     """Yield a binary handle whose content appears at ``path`` only if the block completes.
 
     A crash or an exception leaves the old file (or no file) in place and removes the temporary one.
+    ``durable``: the content reaches the disk before the rename, and the rename before this returns, so
+    that a power cut leaves the old file or the new one, never an empty one (checkpoints, metrics.json).
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -35,15 +37,34 @@ def atomic_open(path: Path) -> Iterator[BinaryIO]:
     try:
         with open(tmp, "wb") as handle:  # by name, not fd: writers such as tifffile want handle.name
             yield handle
+            if durable:
+                handle.flush()
+                os.fsync(handle.fileno())
         os.chmod(tmp, _FILE_MODE)  # mkstemp makes 0600; give the permissions open() would have given
         os.replace(tmp, path)
+        if durable:
+            _fsync_folder(path.parent)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    with atomic_open(path) as handle:
+def _fsync_folder(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (POSIX; folders cannot be opened on Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_text_atomic(path: Path, text: str, durable: bool = False) -> None:
+    with atomic_open(path, durable) as handle:
         handle.write(text.encode("utf-8"))
 
 

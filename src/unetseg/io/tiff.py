@@ -20,6 +20,7 @@ import tifffile
 from tifffile import EXTRASAMPLE, PHOTOMETRIC, TIFF
 
 from unetseg.io.atomic import atomic_open
+from unetseg.io.limits import opencv_failure
 from unetseg.runtime.errors import UserError
 
 TIFF_SUFFIXES = (".tif", ".tiff")
@@ -59,7 +60,8 @@ def _opencv_layout(data: np.ndarray, page: tifffile.TiffPage) -> np.ndarray:
 
 
 def decode_page(tif: tifffile.TiffFile, index: int, where: str) -> np.ndarray:
-    """Page ``index`` in OpenCV's layout; ``where`` names it in the one-line error."""
+    """Page ``index`` in OpenCV's layout; ``where`` names it in the one-line error. Readers call it through
+    :func:`unetseg.io.images.decode`, which checks the page's size first and its values after."""
     page = tif.pages[index]
     if isinstance(page, tifffile.TiffPage) and _tifffile_can_decode(page):
         try:
@@ -68,7 +70,9 @@ def decode_page(tif: tifffile.TiffFile, index: int, where: str) -> np.ndarray:
             raise UserError(f"cannot decode {where}: {error}; the page is corrupt: replace the file") from None
     try:
         ok, pages = cv2.imreadmulti(str(tif.filehandle.path), start=index, count=1, flags=cv2.IMREAD_UNCHANGED)
-    except cv2.error:
+    except cv2.error as error:
+        if "CV_IO_MAX_IMAGE_PIXELS" in str(error):  # more pixels than OpenCV decodes: say so, not "corrupt"
+            raise opencv_failure(error, where) from None
         ok, pages = False, ()
     if not ok or not pages:
         raise UserError(f"cannot decode {where}: the page is corrupt or in an unsupported format; replace the file")

@@ -54,7 +54,13 @@ class TrainingRun:
 
 
 # Data settings added after the first runs were made, with the value those runs used.
-_ADDED_LATER = {"target": "mask", "boundary_width": 2, "label_suffix": None, "synthetic": {"kind": "voronoi"}}
+_ADDED_LATER = {
+    "target": "mask",
+    "boundary_width": 2,
+    "label_suffix": None,
+    "synthetic": {"kind": "voronoi"},
+    "max_pixels": 1073741824,
+}
 
 
 def is_run_dir(path: Path) -> bool:

@@ -1,10 +1,13 @@
-"""Ctrl-C during training as a request that the loop honours between steps.
+"""Ctrl-C (SIGINT) and SIGTERM as requests that a command honours at its next safe point.
 
 Python's own SIGINT handling raises KeyboardInterrupt at whatever bytecode the main thread runs next; when
 that is a finaliser (``__del__``, a weakref callback), Python prints "Exception ignored" and carries on, and
-the run never stops (seen under load: a tiny training ran 100 more epochs after Ctrl-C). Here the first
-SIGINT only sets a flag, which the training loop checks after every step and validation image and turns
-into KeyboardInterrupt there; a second SIGINT raises at once, as Python would.
+the run never stops (seen under load: a tiny training ran 100 more epochs after Ctrl-C). SIGTERM, what SLURM
+and most schedulers send before they kill a job, ends a Python process at once by default, losing the epoch.
+Here the first signal only records itself; the command checks with :func:`stop_if_interrupted` at its safe
+points (training: after every step and validation image; predict: after every file) and stops there with
+:class:`Interrupted`, which carries the signal, so the exit status is 128 + its number (130, 143). A second
+signal raises at once, as Python would.
 """
 
 from __future__ import annotations
@@ -15,33 +18,57 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
 
-_requested = threading.Event()
+HANDLED = (signal.SIGINT, signal.SIGTERM)
+_received: list[int] = []  # the signals received since the block began
 
 
-def _on_sigint(signum: int, frame: FrameType | None) -> None:
-    if _requested.is_set():  # the second Ctrl-C: do not wait for the loop
-        raise KeyboardInterrupt
-    _requested.set()
+class Interrupted(KeyboardInterrupt):
+    """A stop at a safe point, asked for by ``signum``; ``detail`` is the one line the CLI prints (what was
+    kept, how to go on), set by the command that knows it."""
+
+    def __init__(self, signum: int, detail: str = "") -> None:
+        super().__init__(signum)
+        self.signum = signum
+        self.detail = detail
+
+    @property
+    def exit_status(self) -> int:
+        return 128 + self.signum
+
+    @property
+    def name(self) -> str:
+        return "Ctrl-C" if self.signum == signal.SIGINT else signal.Signals(self.signum).name
+
+
+def _on_signal(signum: int, frame: FrameType | None) -> None:
+    if _received:  # the second signal: do not wait for the safe point
+        raise Interrupted(signum)
+    _received.append(signum)
 
 
 @contextmanager
 def interrupts_between_steps() -> Iterator[None]:
-    """Within this block, Ctrl-C waits for :func:`stop_if_interrupted` (main thread only: elsewhere, e.g. in a
-    launcher's worker thread, signals cannot be handled and the block changes nothing)."""
+    """Within this block, SIGINT and SIGTERM wait for :func:`stop_if_interrupted` (main thread only: elsewhere,
+    e.g. in a launcher's worker thread, signals cannot be handled and the block changes nothing)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    _requested.clear()
-    previous = signal.signal(signal.SIGINT, _on_sigint)
+    _received.clear()
+    previous = {signum: signal.signal(signum, _on_signal) for signum in HANDLED}
     try:
         yield
-        stop_if_interrupted()  # a Ctrl-C after the last check still counts
+        stop_if_interrupted()  # a signal after the last check still counts
     finally:
-        signal.signal(signal.SIGINT, previous)
-        _requested.clear()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        _received.clear()
 
 
-def stop_if_interrupted() -> None:
-    """Raise KeyboardInterrupt here if Ctrl-C was pressed since the block began."""
-    if _requested.is_set():
-        raise KeyboardInterrupt
+def interrupt_requested() -> bool:
+    return bool(_received)
+
+
+def stop_if_interrupted(detail: str = "") -> None:
+    """Raise :class:`Interrupted` here if a signal arrived since the block began (``detail``: what was kept)."""
+    if _received:
+        raise Interrupted(_received[0], detail)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 import torch
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Sampler
 
 from unetseg.config import TrainConfig
 from unetseg.data.dataset import LabelledImages, SegmentationDataset
@@ -34,29 +35,52 @@ def training_loader(
         )
     dataset = SegmentationDataset(train, t.seed, d.augment, d.patch_size, d.samples_per_epoch)
     # Under torchrun each rank trains on its share of every epoch (trainer.batch_size per rank).
-    sampler = None
+    order: Sampler[int] = RandomSampler(dataset, generator=generator)
     if world.distributed:
-        sampler = DistributedSampler(dataset, world.size, world.rank, shuffle=True, seed=t.seed)
+        order = DistributedSampler(dataset, world.size, world.rank, shuffle=True, seed=t.seed)
     on_gpu = device.type == "cuda"
     # The data is already decoded in memory; worker processes only pay off when they feed a GPU.
     workers = t.workers if t.workers is not None else (min(4, os.cpu_count() or 1) if on_gpu else 0)
     return DataLoader(
         dataset,
         batch_size=t.batch_size,
-        shuffle=sampler is None,
-        sampler=sampler,
+        sampler=SkippingSampler(order),
         num_workers=workers,
         persistent_workers=workers > 0,
         generator=generator,
         pin_memory=on_gpu,
         # A trailing 1-image batch skews BatchNorm statistics; never drop a rank's only batch.
-        drop_last=(len(sampler) if sampler is not None else len(dataset)) > t.batch_size,
+        drop_last=len(order) > t.batch_size,  # type: ignore[arg-type]
     )
 
 
-def start_epoch(loader: DataLoader, generator: torch.Generator, seed: int, epoch: int) -> None:
-    """Shuffling and augmentation depend on (seed, epoch) only, so a resumed run repeats them."""
+class SkippingSampler(Sampler[int]):
+    """``order``'s indices, without the first ``skip`` of them in the next epoch: a run resumed in the middle
+    of an epoch draws the same permutation and goes on with the batch after the last one it trained on
+    (batches are consecutive indices, so skipping steps × batch size indices skips exactly those steps)."""
+
+    def __init__(self, order: Sampler[int]) -> None:
+        self.order = order
+        self.skip = 0
+
+    def __iter__(self) -> Iterator[int]:
+        indices, skip = iter(self.order), self.skip
+        self.skip = 0  # only once: the next epoch is whole
+        for position, index in enumerate(indices):
+            if position >= skip:
+                yield index
+
+    def __len__(self) -> int:
+        return len(self.order)  # type: ignore[arg-type]
+
+
+def start_epoch(loader: DataLoader, generator: torch.Generator, seed: int, epoch: int, skip_steps: int = 0) -> None:
+    """Shuffling and augmentation depend on (seed, epoch) only, so a resumed run repeats them; ``skip_steps``:
+    the steps of this epoch that a run interrupted in its middle has already trained."""
     loader.dataset.set_epoch(epoch)  # type: ignore[attr-defined]
     generator.manual_seed(seed * 1_000_003 + epoch)
-    if isinstance(loader.sampler, DistributedSampler):
-        loader.sampler.set_epoch(epoch)
+    sampler = loader.sampler
+    assert isinstance(sampler, SkippingSampler)
+    if isinstance(sampler.order, DistributedSampler):
+        sampler.order.set_epoch(epoch)
+    sampler.skip = skip_steps * (loader.batch_size or 1)

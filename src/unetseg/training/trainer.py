@@ -10,7 +10,6 @@ live in one step of their own, so a variant changes one step.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import random
@@ -31,14 +30,15 @@ from unetseg.data.dataset import LabelledImages, label_rule, load_splits
 from unetseg.data.normalize import PercentileNormalizer
 from unetseg.data.targets import INTERIOR
 from unetseg.io.atomic import copy_atomic, write_text_atomic
+from unetseg.io.strict_json import to_json
 from unetseg.model import build_network, count_parameters
-from unetseg.model.checkpoint import Checkpoint, find_checkpoint, load_checkpoint, save_checkpoint
+from unetseg.model.checkpoint import Checkpoint, load_checkpoint, newest_checkpoints, save_checkpoint
 from unetseg.objects.instances import InstanceRule, resolve_rule
 from unetseg.runtime.console import console, progress_bars
 from unetseg.runtime.device import resolve_device
 from unetseg.runtime.distributed import all_reduce_sum, broadcast_buffers, current_world
 from unetseg.runtime.errors import UserError
-from unetseg.runtime.interrupts import stop_if_interrupted
+from unetseg.runtime.interrupts import Interrupted, stop_if_interrupted
 from unetseg.runtime.paths import user_path
 from unetseg.runtime.precision import choose_fast_path, maybe_compile
 from unetseg.scoring.names import AP50, DICE, LOSS, PIXEL_ERROR, RAND_ERROR, dice_of, lower_is_better, validation_scores
@@ -48,6 +48,7 @@ from unetseg.tracking.history import read_history
 from unetseg.tracking.loggers import Loggers
 from unetseg.tracking.pictures import panels, positive_class, thumbnail
 from unetseg.training.border_weights import border_weight_map
+from unetseg.training.fingerprint import difference, fingerprint
 from unetseg.training.loader import start_epoch, training_loader
 from unetseg.training.losses import WEIGHTED, compute_loss
 from unetseg.training.monitor import Monitor
@@ -77,6 +78,7 @@ class TrainResult:
 class Trainer:
     PREVIEWS = 3  # validation images a logger that takes pictures gets at each new best ...
     PREVIEW_SIDE = 256  # ... each panel shrunk to this many pixels: TensorBoard's PNG encoding stays cheap
+    RESUME_CANDIDATES = 20  # trainer.resume=auto looks at this many of the newest last.pt at most
 
     def __init__(
         self, cfg: TrainConfig, run_dir: Path, open_loggers: Callable[[Path | None], Loggers] | None = None
@@ -105,6 +107,11 @@ class Trainer:
         self.last: dict[str, float] = {}
         self.stopped_early = False
         self.resumed_from: Path | None = None  # the last.pt this run continues, if any
+        # Progress within the epoch at hand (steps trained, their summed loss), for a checkpoint written when
+        # a signal stops the run between two steps; a run resumed from one skips those steps.
+        self.steps_done, self.epoch_loss_sum = 0, torch.zeros(())
+        self.skip_steps, self.skipped_loss = 0, 0.0
+        self.interrupted_checkpoint: Path | None = None
         self.previews: list[Preview] = []
         self.pictures_s = 0.0  # drawing the loggers' pictures
         self.curves = CurvesFile(run_dir, self.class_names, cfg.trainer.monitor)
@@ -113,14 +120,18 @@ class Trainer:
         self.on_train_start()
         with progress_bars() as progress:
             self.bars = TrainingBars(progress, self.cfg.trainer.epochs, self.first_epoch - 1, len(self.loader))
-            for epoch in range(self.first_epoch, self.cfg.trainer.epochs + 1):
-                self.on_epoch_start(epoch)
-                train_loss = self.train_epoch()
-                metrics = self.validation_epoch(train_loss)
-                stop_if_interrupted()
-                self.on_epoch_end(metrics)
-                if self.should_stop_early():
-                    break
+            try:
+                for epoch in range(self.first_epoch, self.cfg.trainer.epochs + 1):
+                    self.on_epoch_start(epoch)
+                    train_loss = self.train_epoch()
+                    metrics = self.validation_epoch(train_loss)
+                    stop_if_interrupted()
+                    self.on_epoch_end(metrics)
+                    if self.should_stop_early():
+                        break
+            except Interrupted:
+                self.on_interrupted()
+                raise
         return self.on_train_end()
 
     # ---- set-up ------------------------------------------------------------------------------------------
@@ -130,6 +141,7 @@ class Trainer:
         self.started = time.perf_counter()
         seed_everything(self.cfg.trainer.seed)
         self.train_items, self.val_items = self.load_data()
+        self.fingerprint = fingerprint(self.cfg, self.train_items, self.val_items)
         self.loader = training_loader(self.train_items, self.cfg, self.world, self.device, self.shuffle_generator)
         resumed = self.resume_source()
         self.set_up_network(resumed)
@@ -145,7 +157,7 @@ class Trainer:
         """Training and validation images; the border weight maps when the loss uses them (computed once)."""
         cfg, t = self.cfg, self.cfg.trainer
         rule = label_rule(cfg.data, cfg.model.num_classes)
-        train, val = load_splits(cfg.data, cfg.model.in_channels, rule, self.normalizer)
+        train, val = load_splits(cfg.data, cfg.model.in_channels, rule, self.normalizer, weighted=t.loss in WEIGHTED)
         train.instances = None  # only validation scores objects: 4 bytes per pixel less for the training set
         if t.loss in WEIGHTED:
             boundary = cfg.data.target == TrainingTarget.boundary
@@ -223,24 +235,69 @@ class Trainer:
         if t.resume is None:
             return None
         if t.resume == "auto":
-            path = find_checkpoint(None, self.cfg.runs_root, "last.pt", self.run_dir, "trainer.resume=auto")
+            path, checkpoint = self.newest_resumable()
         else:
             path = user_path(t.resume)
-        checkpoint = load_checkpoint(path)
-        if checkpoint.training_state is None:
-            raise UserError(f"{path} has no training state to resume from: use the run's checkpoints/last.pt")
-        if checkpoint.model != self.spec:
-            raise UserError(
-                f"{path} holds a different network ({checkpoint.model}) than this config ({self.spec}): "
-                "resume with the model settings of that run"
-            )
-        if checkpoint.epoch >= t.epochs:
-            raise UserError(
-                f"{path} has already trained {checkpoint.epoch} of trainer.epochs={t.epochs}: "
-                f"raise trainer.epochs above {checkpoint.epoch} to train on"
-            )
+            checkpoint = load_checkpoint(path)
+            problem = self.why_not_resumable(checkpoint)
+            if problem:
+                raise UserError(f"trainer.resume={path}: {problem}")
         self.resumed_from = path
         return checkpoint
+
+    def why_not_resumable(self, checkpoint: Checkpoint) -> str | None:
+        """Why this run cannot continue ``checkpoint`` (a different experiment, or one already trained as far
+        as asked), in words with the fix; None if it can."""
+        epochs = self.cfg.trainer.epochs
+        if checkpoint.training_state is None:
+            return "it has no training state to resume from: use the run's checkpoints/last.pt"
+        stored = checkpoint.training_state.get("fingerprint")
+        if stored is None:  # written before fingerprints: the network at least must match
+            if checkpoint.model != self.spec:
+                return (
+                    f"it holds a different network ({checkpoint.model}) than this config ({self.spec}): "
+                    "resume with the model settings of that run"
+                )
+        else:
+            differs = difference(stored, self.fingerprint)
+            if differs:
+                return (
+                    f"it is another experiment ({differs}): resume with the same settings and data, apart from "
+                    "trainer.epochs"
+                )
+        if checkpoint.epoch >= epochs:
+            return (
+                f"it has already trained {checkpoint.epoch} of trainer.epochs={epochs}: raise trainer.epochs above "
+                f"{checkpoint.epoch} to train on"
+            )
+        return None
+
+    def newest_resumable(self) -> tuple[Path, Checkpoint]:
+        """trainer.resume=auto: the newest last.pt under runs_root that this run can continue (the same
+        experiment, not yet trained as far as asked), said on the console; else why none qualifies."""
+        root = user_path(self.cfg.runs_root)
+        candidates = newest_checkpoints(root, "last.pt", exclude=self.run_dir)
+        if not candidates:
+            raise UserError(
+                f"trainer.resume=auto: no training run with checkpoints/last.pt under {root}: "
+                "train one first, or give trainer.resume=path/to/last.pt"
+            )
+        reasons = []
+        for path in candidates[: self.RESUME_CANDIDATES]:
+            try:
+                checkpoint = load_checkpoint(path)
+            except UserError as error:
+                reasons.append(str(error))
+                continue
+            problem = self.why_not_resumable(checkpoint)
+            if problem is None:
+                console.print(f"trainer.resume=auto: continuing {path} (the newest unfinished run of this experiment)")
+                return path, checkpoint
+            reasons.append(f"{path}: {problem}")
+        raise UserError(
+            f"trainer.resume=auto: none of the {len(reasons)} newest last.pt under {root} is an unfinished run of "
+            f"this experiment (the newest, {reasons[0]})"
+        )
 
     def restore(self, resumed: Checkpoint) -> None:
         """Load the optimiser, scaler, schedule and RNG state, and carry over the earlier run's history
@@ -260,6 +317,10 @@ class Trainer:
         console.print(f"resuming from {self.resumed_from} after epoch {resumed.epoch}")
         self.monitor, self.best = Monitor.from_state(state["monitor"]), dict(state["best"])
         self.epoch, self.first_epoch = resumed.epoch, resumed.epoch + 1
+        progress = state.get("epoch_progress")
+        if progress:  # stopped between two steps of epoch first_epoch
+            self.skip_steps, self.skipped_loss = int(progress["steps"]), float(progress["loss_sum"])
+            console.print(f"epoch {self.first_epoch} goes on after step {self.skip_steps}")
 
     def carry_over_history(self, source: Path, epochs: int) -> None:
         """The earlier run's complete metrics.jsonl lines up to the resumed epoch (a line cut short by a crash
@@ -270,34 +331,52 @@ class Trainer:
             records = [record for record in read_history(source) if record["epoch"] <= epochs]
         except UserError:  # no complete epoch in it
             records = []
-        write_text_atomic(self.metrics_path, "".join(json.dumps(record) + "\n" for record in records))
+        write_text_atomic(self.metrics_path, "".join(to_json(record) + "\n" for record in records))
 
     # ---- one epoch ---------------------------------------------------------------------------------------
 
     def on_epoch_start(self, epoch: int) -> None:
         self.epoch = epoch
         self.epoch_started = time.perf_counter()
-        start_epoch(self.loader, self.shuffle_generator, self.cfg.trainer.seed, epoch)
-        self.bars.start_epoch(len(self.loader))
+        start_epoch(self.loader, self.shuffle_generator, self.cfg.trainer.seed, epoch, self.skip_steps)
+        self.bars.start_epoch(len(self.loader), self.skip_steps)
 
     def train_epoch(self) -> float:
         """One pass over the loader; the mean training loss over every rank's steps."""
         self.network.train()
-        loss_sum = torch.zeros((), device=self.device)
+        loss_sum = torch.full((), self.skipped_loss, device=self.device)
         every = self.cfg.trainer.log_every_n_steps
-        for step, (images, labels, weights) in enumerate(self.loader, start=1):
+        # On a CPU reading the loss costs nothing, so a non-finite loss is caught at its step; on a GPU reading
+        # it waits for the device, so only every 10 steps (for the progress bar too) and at the epoch's end.
+        check_every = 1 if self.device.type == "cpu" else 10
+        first = self.skip_steps + 1
+        self.steps_done, self.epoch_loss_sum, self.skip_steps, self.skipped_loss = first - 1, loss_sum, 0, 0.0
+        for step, (images, labels, weights) in enumerate(self.loader, start=first):
             loss = self.train_step(images, labels, weights)
             loss_sum += loss
             global_step = (self.epoch - 1) * len(self.loader) + step
             if self.loggers.active and global_step % every == 0:  # .item() waits for the device: only then
                 self.loggers.log_step(global_step, {"train_step_loss": loss.item()})
-            # Reading the loss synchronises with the device: only every 10 steps, for the progress bar.
+            if step % check_every == 0 or step == len(self.loader):
+                self.refuse_non_finite(loss_sum.item(), step)
             status = f"loss {loss_sum.item() / step:.4f}" if step % 10 == 0 or step == len(self.loader) else None
             self.bars.batch_done(status)
-            stop_if_interrupted()  # Ctrl-C stops between steps (see unetseg.runtime.interrupts)
+            self.steps_done = step  # (loss_sum is self.epoch_loss_sum, added to in place)
+            stop_if_interrupted()  # a signal stops between steps (see unetseg.runtime.interrupts)
         # One reduction per epoch.
         totals = all_reduce_sum(torch.stack([loss_sum, torch.tensor(float(len(self.loader)), device=self.device)]))
         return (totals[0] / totals[1].clamp(min=1)).item()
+
+    def refuse_non_finite(self, loss_sum: float, step: int) -> None:
+        """Stop at once when the training loss is no longer a number: the weights are lost to NaN, and
+        nothing from here on may be saved (best.pt and last.pt keep their last good epoch)."""
+        if math.isfinite(loss_sum):
+            return
+        kept = f"best.pt keeps epoch {self.monitor.best_epoch}" if self.monitor.best_epoch else "no checkpoint was kept"
+        raise UserError(
+            f"the training loss became {loss_sum} in epoch {self.epoch} (by step {step}): training stopped, {kept}; "
+            f"lower optim.lr (it is {self.cfg.optim.lr:g}) or check the training images"
+        )
 
     def train_step(self, images: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """Forward, loss, backward and one optimiser step; returns the (detached) loss."""
@@ -339,6 +418,22 @@ class Trainer:
             self.log_epoch(record, improved)
         self.report_epoch(improved)
 
+    def on_interrupted(self) -> None:
+        """A signal stopped the run between two steps (or validation images): keep where it was in last.pt, so
+        that a resumed run goes on from the next step exactly as this one would have (one process only: under
+        torchrun the ranks cannot agree on the step)."""
+        if not (self.cfg.trainer.save_last and self.world.is_main) or self.world.distributed:
+            return
+        if self.epoch < self.first_epoch:  # stopped before the first step of this run: last.pt is still right
+            return
+        epoch, state = self.epoch, self.training_state()
+        state["epoch_progress"] = {"steps": self.steps_done, "loss_sum": self.epoch_loss_sum.item()}
+        self.epoch = epoch - 1  # the epochs completed; the progress says how far into the next one
+        path = self.checkpoint_dir / "last.pt"
+        save_checkpoint(self.checkpoint(state), path)
+        self.epoch = epoch
+        self.interrupted_checkpoint = path
+
     def save_checkpoints(self, improved: bool) -> None:
         """best.pt when the monitored score improved; last.pt (with the training state) every epoch, unless
         trainer.save_last=false."""
@@ -356,7 +451,7 @@ class Trainer:
             "best": improved,
         }
         with self.metrics_path.open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record) + "\n")
+            handle.write(to_json(record) + "\n")
         return record
 
     def log_epoch(self, record: dict[str, Any], improved: bool) -> None:
@@ -454,6 +549,7 @@ class Trainer:
             "monitor": self.monitor.state_dict(),
             "best": dict(self.best),
             "torch_rng": torch.get_rng_state(),
+            "fingerprint": self.fingerprint,
         }
 
 
@@ -465,8 +561,8 @@ class TrainingBars:
         self.epochs = progress.add_task("epochs", total=epochs, completed=done, status="")
         self.batches = progress.add_task("batches", total=batches, status="")
 
-    def start_epoch(self, batches: int) -> None:
-        self.progress.reset(self.batches, total=batches, status="")
+    def start_epoch(self, batches: int, done: int = 0) -> None:
+        self.progress.reset(self.batches, total=batches, completed=done, status="")
 
     def batch_done(self, status: str | None) -> None:
         self.progress.update(self.batches, advance=1, **({"status": status} if status else {}))

@@ -1,0 +1,72 @@
+"""What makes two trainings "the same experiment", so that a resume continues only its own run.
+
+``last.pt`` stores the fingerprint of the run that wrote it: the composed config as flat ``key: value`` text,
+apart from the keys a resumed run may change (:data:`FREE_KEYS`), and a digest of the training and validation
+data as decoded (names, sizes and every pixel). A resume whose fingerprint differs is refused, naming the
+first key that differs, or the data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import numpy as np
+from omegaconf import OmegaConf
+
+from unetseg.config import TrainConfig
+from unetseg.data.dataset import LabelledImages
+from unetseg.tracking.loggers import flatten
+
+# Keys a resumed run may set differently: how long it trains, what it resumes, where it runs and reports, and
+# how it is watched. data.root is left out because the data digest compares the data itself: the same
+# folder reached by another path is the same data.
+FREE_KEYS = frozenset(
+    {
+        "trainer.epochs",
+        "trainer.resume",
+        "trainer.workers",
+        "trainer.loggers",
+        "trainer.log_every_n_steps",
+        "trainer.mlflow_tracking_uri",
+        "trainer.mlflow_experiment",
+        "trainer.report_images",
+        "runs_root",
+        "verbose",
+        "data.root",
+    }
+)
+
+
+def config_fingerprint(cfg: TrainConfig) -> dict[str, str]:
+    """The composed config as ``dotted.key: value`` text, without :data:`FREE_KEYS`."""
+    tree = OmegaConf.to_container(OmegaConf.structured(cfg), enum_to_str=True)
+    assert isinstance(tree, dict)
+    return {key: str(value) for key, value in sorted(flatten(tree).items()) if key not in FREE_KEYS}  # type: ignore[arg-type]
+
+
+def data_digest(*parts: LabelledImages) -> str:
+    """A digest of the decoded data: every image's name, shape and pixels, and its label (blake2b runs at
+    about 1 GB/s here: 30 ms for the 25 ISBI slices)."""
+    digest = hashlib.blake2b(digest_size=16)
+    for part in parts:
+        for name, image, label in zip(part.names, part.images, part.labels, strict=True):
+            digest.update(f"{name}|{image.shape}|{image.dtype}|{label.shape}|".encode())
+            digest.update(np.ascontiguousarray(image).data)
+            digest.update(np.ascontiguousarray(label).data)
+    return digest.hexdigest()
+
+
+def fingerprint(cfg: TrainConfig, train: LabelledImages, val: LabelledImages) -> dict[str, Any]:
+    return {"config": config_fingerprint(cfg), "data": data_digest(train, val)}
+
+
+def difference(stored: dict[str, Any], current: dict[str, Any]) -> str | None:
+    """What differs between a checkpoint's fingerprint and this run's, in words; None if nothing does."""
+    before, now = stored.get("config", {}), current["config"]
+    for key in sorted(set(before) | set(now)):
+        if before.get(key) != now.get(key):
+            return f"{key}={before.get(key, '(not set)')} there, {key}={now.get(key, '(not set)')} here"
+    if stored.get("data") != current["data"]:
+        return "other data (the images or labels differ)"
+    return None
