@@ -7,9 +7,11 @@ becomes one line that names the key and the fix, with exit code 2 and no run dir
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import functools
 import logging
+import os
 import re
 import shutil
 import sys
@@ -36,7 +38,13 @@ from unetseg.io.claims import folder_in_use
 from unetseg.io.strict_json import to_json
 from unetseg.runtime import distributed
 from unetseg.runtime.console import console, print_error
-from unetseg.runtime.errors import EXIT_USER_ERROR, UserError
+from unetseg.runtime.errors import (
+    EXIT_ENVIRONMENT,
+    EXIT_USER_ERROR,
+    MachineFault,
+    UserError,
+    describe_storage_error,
+)
 from unetseg.runtime.paths import config_dir, register_resolvers, run_stamp, share_run_stamp, user_path
 from unetseg.training.run_folder import refuse_to_train_into
 
@@ -160,23 +168,35 @@ def preflight(command: str, overrides: list[str], multirun: bool) -> None:
                     f"{extra[0]}: no such key in the schema; see the valid keys with unetseg {command} --cfg job"
                 )
             CHECKS[command](typed)
-            if command == "train" and not multirun:
-                check_run_folder(overrides, typed.trainer.resume)
+        if not multirun:
+            run_dir = user_path(compose(command, overrides=variants[0], return_hydra_config=True).hydra.run.dir)
+            check_run_folder(command, run_dir, typed)
 
 
-def check_run_folder(overrides: list[str], resume: str | None) -> None:
-    """Before Hydra writes its .hydra/ files: a hydra.run.dir= that another command is writing, or that holds a
+def check_run_folder(command: str, run_dir: Path, typed: Any) -> None:
+    """Before Hydra makes the run folder and writes its .hydra/ files there: a folder that cannot be made is one
+    line, not Hydra's traceback; and for train, a folder that another command is writing, or that holds a
     training run this one does not resume, is refused (so nothing of that run is touched)."""
-    given = [o.split("=", 1)[1] for o in overrides if o.startswith("hydra.run.dir=")]
-    if not given or "${" in given[-1]:
+    existing = next(folder for folder in [run_dir, *run_dir.parents] if folder.exists())
+    if not os.access(existing, os.W_OK | os.X_OK):
+        why = "the file system is read-only" if _read_only(existing) else "permission denied"
+        raise UserError(
+            f"cannot make the run folder {run_dir}: {why} in {existing}; run from a folder you can write to, "
+            "or set hydra.run.dir=path/to/run"
+        )
+    if command != "train":
         return
-    run_dir = user_path(given[-1])
     holder = folder_in_use(run_dir)
     if holder:
-        raise UserError(
-            f"hydra.run.dir={given[-1]} is in use by {holder}: wait for it, or choose another hydra.run.dir"
-        )
-    refuse_to_train_into(run_dir, resume)
+        raise UserError(f"hydra.run.dir={run_dir} is in use by {holder}: wait for it, or choose another hydra.run.dir")
+    refuse_to_train_into(run_dir, typed.trainer.resume)
+
+
+def _read_only(folder: Path) -> bool:
+    try:
+        return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):
+        return False
 
 
 def guarded(command: str, task: Task) -> Callable[[DictConfig], dict[str, Any] | None]:
@@ -200,6 +220,16 @@ def guarded(command: str, task: Task) -> Callable[[DictConfig], dict[str, Any] |
                 _remove_if_empty_run(run_dir)
                 sys.exit(EXIT_USER_ERROR)
             _record_failure(run_dir, str(error))
+        except (MachineFault, OSError) as error:
+            message = str(error) if isinstance(error, MachineFault) else describe_storage_error(error)
+            if message is None:
+                raise
+            print_error(command, message)
+            if not in_sweep:
+                _remove_if_empty_run(run_dir)
+                sys.exit(EXIT_ENVIRONMENT)
+            with contextlib.suppress(OSError):  # the disk may still be full
+                _record_failure(run_dir, message)
         except Exception as error:
             if not in_sweep:
                 raise
@@ -229,6 +259,9 @@ def run_command(command: str, task: Task, argv: list[str]) -> NoReturn:
     """Parse Hydra's flags, check the config, run the command under Hydra, and exit with its status."""
     register_resolvers()
     register_schemas()
+    # A log file that cannot be written (a full disk) must not print a traceback per record: the command
+    # reports the failing write itself, in one line.
+    logging.raiseExceptions = False
     parser = get_args_parser()
 
     def one_line_error(message: str) -> NoReturn:

@@ -23,6 +23,7 @@ from unetseg.reporting.run_report import write_run_report
 from unetseg.runner import run_command
 from unetseg.runtime.console import config_tree, console
 from unetseg.runtime.distributed import current_world, gather_objects
+from unetseg.runtime.errors import MachineFault, describe_storage_error
 from unetseg.runtime.interrupts import Interrupted, interrupts_between_steps
 from unetseg.runtime.paths import user_path
 from unetseg.tracking.loggers import Loggers, flatten, open_loggers
@@ -69,6 +70,15 @@ def train(cfg: TrainConfig, run_dir: Path) -> dict[str, Any]:
             stop.detail = resume_advice(trainer)
             trainer.loggers.close("KILLED")
             raise
+        except OSError as error:  # a full disk, a read-only folder: say what is kept and how to go on
+            trainer.loggers.close("FAILED")
+            message = describe_storage_error(error)
+            if message is None:
+                raise
+            last = trainer.checkpoint_dir / "last.pt"
+            if trainer.cfg.trainer.save_last and last.is_file():
+                message += f"; {last} keeps the last finished epoch: go on with: {resume_command(last)}"
+            raise MachineFault(message) from None
         except BaseException as error:  # a crash, in training or after it: the logged run says so
             trainer.loggers.close("KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
             raise
@@ -76,15 +86,20 @@ def train(cfg: TrainConfig, run_dir: Path) -> dict[str, Any]:
     return summary
 
 
+def resume_command(checkpoint: Path) -> str:
+    """This command line again, resuming from ``checkpoint`` (in the same run folder if one was given)."""
+    given = HydraConfig.get().overrides
+    overrides = [o for o in given.task if not o.startswith("trainer.resume=")]
+    overrides += [o for o in given.hydra if o.startswith("hydra.run.dir=")]
+    return shlex.join(["unetseg", "train", *overrides, f"trainer.resume={checkpoint}"])
+
+
 def resume_advice(trainer: Trainer) -> str:
     """The line a stopped training ends with: what was kept and the exact command that goes on."""
     checkpoint = trainer.interrupted_checkpoint
     if checkpoint is None:
         return "nothing new was saved (trainer.save_last=false, or no step had finished)"
-    given = HydraConfig.get().overrides
-    overrides = [o for o in given.task if not o.startswith("trainer.resume=")]
-    overrides += [o for o in given.hydra if o.startswith("hydra.run.dir=")]  # go on in the same folder
-    command = shlex.join(["unetseg", "train", *overrides, f"trainer.resume={checkpoint}"])
+    command = resume_command(checkpoint)
     where = f"epoch {trainer.epoch}, step {trainer.steps_done} of {len(trainer.loader)}"
     return f"{checkpoint} keeps the run as of {where}; go on with: {command}"
 

@@ -44,6 +44,9 @@ def atomic_open(path: Path, durable: bool = False) -> Iterator[BinaryIO]:
         os.replace(tmp, path)
         if durable:
             _fsync_folder(path.parent)
+    except OSError as error:  # e.g. a full disk mid-write: name the file the user knows, not the temporary one
+        Path(tmp).unlink(missing_ok=True)
+        raise OSError(error.errno, error.strerror, str(path)) from error
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
