@@ -260,7 +260,9 @@ def test_a_read_only_output_is_one_line(workdir: Path, checkpoint: Path, read_on
     inputs = workdir / "d" / "image"
     result = run_cli("predict", f"input={inputs}", f"checkpoint={checkpoint}", f"output={read_only / 'm'}", cwd=workdir)
     assert_one_line_error(result, str(read_only / "m"), "Read-only file system", "choose another output=")
-    result = run_cli("train", *TRAIN, "data.root=d", "trainer.epochs=1", f"hydra.run.dir={read_only / 'r'}", cwd=workdir)
+    result = run_cli(
+        "train", *TRAIN, "data.root=d", "trainer.epochs=1", f"hydra.run.dir={read_only / 'r'}", cwd=workdir
+    )
     assert_one_line_error(result, "cannot make the run folder", "read-only")
 
 
