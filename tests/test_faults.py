@@ -274,3 +274,32 @@ def test_a_loss_that_stops_being_a_number_stops_training(workdir: Path) -> None:
     for path in (workdir / "diverged" / "checkpoints").glob("*.pt"):  # whatever was kept is a number
         weights = load_checkpoint(path).state_dict
         assert all(torch.isfinite(t).all() for t in weights.values() if t.is_floating_point())
+
+
+def test_resume_refuses_another_experiment_naming_what_differs(workdir: Path, uninterrupted: Path) -> None:
+    other_data = write_dataset(workdir / "other", count=4, size=32, seed=9)
+    base = [*TRAIN, "trainer.epochs=4", f"trainer.resume={uninterrupted}"]
+    optimiser = run_cli("train", *base, "data.root=d", "optim=adam", cwd=workdir)
+    assert_one_line_error(optimiser, "it is another experiment (optim.name=rmsprop there, adam here", "apart from")
+    data = run_cli("train", *base, f"data.root={other_data}", cwd=workdir)
+    assert_one_line_error(data, "it is another experiment (other data")
+
+
+def test_resume_auto_takes_the_newest_run_of_the_same_experiment(workdir: Path) -> None:
+    for name, lr in (("older", "1e-05"), ("newer-other", "0.001")):
+        made = run_cli(
+            "train",
+            *TRAIN,
+            "data.root=d",
+            "trainer.epochs=1",
+            f"optim.lr={lr}",
+            f"hydra.run.dir=auto/{name}",
+            cwd=workdir,
+        )
+        assert made.returncode == 0, made.stderr
+    auto = [*TRAIN, "data.root=d", "trainer.resume=auto", "runs_root=auto"]
+    resumed = run_cli("train", *auto, "trainer.epochs=2", "optim.lr=1e-05", cwd=workdir)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"continuing {workdir / 'auto' / 'older' / 'checkpoints' / 'last.pt'}" in " ".join(resumed.stdout.split())
+    none = run_cli("train", *auto, "trainer.epochs=2", "optim.lr=0.5", cwd=workdir)
+    assert_one_line_error(none, "trainer.resume=auto: none of the", "is an unfinished run of this experiment")

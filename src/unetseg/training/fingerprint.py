@@ -64,9 +64,17 @@ def fingerprint(cfg: TrainConfig, train: LabelledImages, val: LabelledImages) ->
 def difference(stored: dict[str, Any], current: dict[str, Any]) -> str | None:
     """What differs between a checkpoint's fingerprint and this run's, in words; None if nothing does."""
     before, now = stored.get("config", {}), current["config"]
-    for key in sorted(set(before) | set(now)):
-        if before.get(key) != now.get(key):
-            return f"{key}={before.get(key, '(not set)')} there, {key}={now.get(key, '(not set)')} here"
+    # A chosen option (optim.name) explains the keys it brings along (optim.betas): name it first.
+    differing = sorted(
+        (key for key in set(before) | set(now) if before.get(key) != now.get(key)),
+        key=lambda key: (not key.endswith(".name"), key),
+    )
+    if differing:
+        shown = [
+            f"{key}={before.get(key, '(not set)')} there, {now.get(key, '(not set)')} here" for key in differing[:2]
+        ]
+        more = f" and {len(differing) - 2} more" if len(differing) > 2 else ""
+        return "; ".join(shown) + more
     if stored.get("data") != current["data"]:
         return "other data (the images or labels differ)"
     return None
