@@ -58,8 +58,10 @@ bench-train: install isbi-data
 	$(BIN)/python benchmarks/train_end_to_end.py --data $(ISBI)/train --json outputs/benchmark-train-end-to-end.json
 
 # $(call isbi_run,NAME,TRAIN OVERRIDES): train into outputs/isbi/NAME, then evaluate best.pt on slices 20-24
-# without and with test-time augmentation (the 4 flips).
+# without and with test-time augmentation (the 4 flips). An earlier run of that name is moved aside to
+# outputs/isbi/NAME-<date> (training never starts in a folder that holds a run).
 define isbi_run
+	if [ -e outputs/isbi/$(1) ]; then mv outputs/isbi/$(1) outputs/isbi/$(1)-$$(date +%Y%m%d-%H%M%S); fi
 	$(BIN)/unetseg train $(2) data.root=$(ISBI)/train hydra.run.dir=outputs/isbi/$(1)
 	$(BIN)/unetseg evaluate checkpoint=outputs/isbi/$(1)/checkpoints/best.pt data.root=$(ISBI)/train \
 		output=outputs/isbi/$(1)/evaluate overwrite=true

@@ -58,9 +58,12 @@ def test_the_pages_hold_commands() -> None:
 
 
 @pytest.mark.parametrize(("page", "command", "args"), CALLS, ids=[f"{p}: {c} {' '.join(a)}" for p, c, a in CALLS])
-def test_every_documented_command_parses(page: str, command: str, args: list[str]) -> None:
+def test_every_documented_command_parses(
+    page: str, command: str, args: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     if command not in HYDRA_COMMANDS:
         return  # `unetseg report DIR` takes a folder (argparse): nothing to compose
+    monkeypatch.chdir(tmp_path)  # run folders named in the pages are checked against this empty folder
     register_resolvers()
     register_schemas()
     flags = {"-m", "--multirun"}
@@ -68,6 +71,21 @@ def test_every_documented_command_parses(page: str, command: str, args: list[str
     if "--cfg" in args or "--help" in args:
         overrides = [arg for arg in overrides if "=" in arg]
     preflight(command, overrides, multirun=bool(flags & set(args)))
+
+
+def test_the_tests_the_pages_cite_exist() -> None:
+    """`tests/test_x.py::name` and `::name` (of the last file named before it) are real test functions."""
+    cited = 0
+    for page in PAGES:
+        module = None
+        for file, name in re.findall(r"(?:tests/)?(test_\w+\.py)|::(test_\w+)", page.read_text(encoding="utf-8")):
+            if file:
+                module = REPO / "tests" / file
+                assert module.is_file(), f"{page.name} cites {file}"
+            elif module is not None:
+                assert f"def {name}(" in module.read_text(encoding="utf-8"), f"{page.name} cites {module.name}::{name}"
+                cited += 1
+    assert cited >= 10
 
 
 def test_links_to_docs_pages_exist() -> None:
