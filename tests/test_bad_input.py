@@ -1,109 +1,471 @@
-"""Every kind of bad input: one line naming the problem and the fix, non-zero exit, no traceback,
-nothing written (no run directory for config errors, no file among the inputs)."""
+"""Every kind of bad input, as one table run through the real CLI: settings, data, checkpoints, paths, predict,
+evaluate and export. Each case asserts a non-zero exit, no traceback, one line naming the key or file (its
+fragments), and that no file was created or changed anywhere, the run folder included (it is removed)."""
 
 from __future__ import annotations
 
+import math
+import pickle
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+import tifffile
 import torch
 
 from conftest import TINY, assert_one_line_error, run_cli, write_dataset
+from test_image_limits import bomb_png, bomb_tiff
+from unetseg.config import ModelSpec
+from unetseg.data.normalize import PercentileNormalizer
+from unetseg.model import build_network
+from unetseg.model.checkpoint import Checkpoint, save_checkpoint
 
 pytestmark = pytest.mark.slow  # end-to-end: the real CLI in a subprocess (make test-fast skips them)
 
+SPEC = ModelSpec("bilinear", 1, 1, 4, 2)
+DATA = ["data=isbi", "data.root=d", *TINY]  # train on the case's own copy of the good data set, d/
+PREDICT = ["predict", "input={ws}/d/image", "checkpoint={ws}/good.pt"]
 
-@pytest.mark.parametrize(
-    ("args", "fragments"),
-    [
-        (["trian"], ["unknown command 'trian'", "train"]),
-        (["train", "optim.lrr=1"], ["optim.lrr", "did you mean optim.lr"]),
-        (["train", "trainer.lr=1e-3"], ["trainer.lr", "did you mean optim.lr?"]),  # the right name in another group
-        (["train", "+optim.lrr=1"], ["optim.lrr", "no such key"]),
-        (["train", "model=bilineer"], ["model=bilineer", "did you mean model=bilinear"]),
-        (["train", "trainer.epochs=abc"], ["trainer.epochs", "Integer"]),
-        (["train", "model.upsampling=nearest"], ["model.upsampling", "bilinear, transposed"]),
-        (["train", "optim.lr=-1"], ["optim.lr", "> 0"]),
-        (["train", "data.val_fraction=1.5"], ["data.val_fraction", "between 0 and 1"]),
-        (["train", "data=isbi"], ["data.root is not set"]),
-        (["train", "model=bilinear,transposed"], ["is a sweep", "-m"]),
-        (["train", "-m", "--cfg", "job"], ["cannot be combined"]),
-        (["train", "-m", "optim.lr=1e-3,-1"], ["optim.lr=-1.0"]),
-        (["predict"], ["input is not set"]),
-        (["predict", "input=x", "save=[mask,heatmap]"], ["save=", "mask, probability, overlay"]),
-        (["predict", "input=x", "overlap=1"], ["overlap=1.0", "[0, 1)"]),
-        (["predict", "input=x", "probability_format=jpeg"], ["probability_format", "png, tiff"]),
-        (["predict", "input=x", "overlay_style=fill"], ["overlay_style", "tint, outline"]),
-        (["train", "--foo"], ["unrecognized arguments: --foo", "unetseg train --help"]),
-        (["train", "model"], ["'model' is not an override", "KEY=VALUE"]),
-        (["train", "data.root=somewhere"], ["data=synthetic makes its own images", "data=isbi"]),
-        (["predict", "input=x", "model=transposed"], ["model: no such key", "checkpoint"]),
-    ],
-)
-def test_config_errors_fail_before_any_output(tmp_path: Path, args: list[str], fragments: list[str]) -> None:
-    result = run_cli(*args, cwd=tmp_path)
-    assert_one_line_error(result, *fragments)
+Make = Callable[[Path, Path], None]  # (the case's folder, the shared workspace): makes the bad file
+
+
+@dataclass
+class Case:
+    id: str
+    args: list[str]  # {ws}: the shared workspace (good data d/, good.pt); {here}: the case's folder (its cwd)
+    fragments: list[str]
+    make: Make | None = None
+
+
+# --- what the cases make ------------------------------------------------------------------------------------
+
+
+def data(here: Path, ws: Path) -> Path:
+    return write_dataset(here / "d", count=4, size=32)
+
+
+def with_data(change: Callable[[Path], object]) -> Make:
+    """The good data set in d/, then ``change(d)``."""
+
+    def make(here: Path, ws: Path) -> None:
+        change(data(here, ws))
+
+    return make
+
+
+def edited_checkpoint(edit: Callable[[dict], object], name: str = "bad.pt") -> Make:
+    """good.pt as a dict, edited, saved as ``name`` in the case's folder (weights_only-loadable)."""
+
+    def make(here: Path, ws: Path) -> None:
+        raw = torch.load(ws / "good.pt", weights_only=True)
+        edit(raw)
+        torch.save(raw, here / name)
+
+    return make
+
+
+def write(path: str, content: bytes) -> Make:
+    def make(here: Path, ws: Path) -> None:
+        (here / path).parent.mkdir(parents=True, exist_ok=True)
+        (here / path).write_bytes(content)
+
+    return make
+
+
+def float_tiff(path: str, value: float, shape: tuple[int, ...] = (32, 32), at: tuple[int, ...] = (3, 17)) -> Make:
+    def make(here: Path, ws: Path) -> None:
+        (here / path).parent.mkdir(parents=True, exist_ok=True)
+        array = np.zeros(shape, np.float32)
+        array[at] = value
+        tifffile.imwrite(here / path, array, photometric="minisblack")
+
+    return make
+
+
+def several(*makes: Make) -> Make:
+    def make(here: Path, ws: Path) -> None:
+        for one in makes:
+            one(here, ws)
+
+    return make
+
+
+class Hostile:
+    """A pickle that would run code when unpickled: weights_only loading must refuse it, unrun."""
+
+    def __reduce__(self) -> tuple:
+        return (print, ("HOSTILE CODE RAN",))
+
+
+def hostile_pickle(here: Path, ws: Path) -> None:
+    with (here / "hostile.pt").open("wb") as handle:
+        pickle.dump({"format": "unetseg-checkpoint", "payload": Hostile()}, handle)
+
+
+def drop(key: str) -> Callable[[dict], object]:
+    return lambda raw: raw.pop(key)
+
+
+def set_model(key: str, value: object) -> Callable[[dict], object]:
+    return lambda raw: raw["model"].__setitem__(key, value)
+
+
+def nan_weight(raw: dict) -> None:
+    raw["state_dict"]["inc.0.weight"].view(-1)[0] = math.nan
+
+
+def old_run(here: Path, ws: Path) -> None:
+    (here / "old" / "checkpoints").mkdir(parents=True)
+    (here / "old" / "checkpoints" / "best.pt").write_bytes((ws / "good.pt").read_bytes())
+
+
+# --- the table ----------------------------------------------------------------------------------------------
+
+CASES = [
+    # settings
+    Case("unknown command", ["trian"], ["unknown command 'trian'", "train"]),
+    Case("typo in a key", ["train", "optim.lrr=1"], ["optim.lrr", "did you mean optim.lr"]),
+    Case("key in the wrong group", ["train", "trainer.lr=1e-3"], ["trainer.lr", "did you mean optim.lr?"]),
+    Case("added unknown key", ["train", "+optim.lrr=1"], ["optim.lrr", "no such key"]),
+    Case("unknown option", ["train", "model=bilineer"], ["model=bilineer", "did you mean model=bilinear"]),
+    Case("wrong type", ["train", "trainer.epochs=abc"], ["trainer.epochs", "Integer"]),
+    Case("unknown enum value", ["train", "model.upsampling=nearest"], ["model.upsampling", "bilinear, transposed"]),
+    Case("negative learning rate", ["train", "optim.lr=-1"], ["optim.lr", "> 0"]),
+    Case("fraction out of range", ["train", "data.val_fraction=1.5"], ["data.val_fraction", "between 0 and 1"]),
+    Case("isbi without a root", ["train", "data=isbi"], ["data.root is not set"]),
+    Case("sweep without -m", ["train", "model=bilinear,transposed"], ["is a sweep", "-m"]),
+    Case("-m with --cfg", ["train", "-m", "--cfg", "job"], ["cannot be combined"]),
+    Case("bad value inside a sweep", ["train", "-m", "optim.lr=1e-3,-1"], ["optim.lr=-1.0"]),
+    Case("unknown flag", ["train", "--foo"], ["unrecognized arguments: --foo", "unetseg train --help"]),
+    Case("not an override", ["train", "model"], ["'model' is not an override", "KEY=VALUE"]),
+    Case("root for synthetic data", ["train", "data.root=somewhere"], ["data=synthetic makes its own", "data=isbi"]),
+    Case("model key in predict", ["predict", "input=x", "model=transposed"], ["model: no such key", "checkpoint"]),
+    Case("predict without input", ["predict"], ["input is not set"]),
+    Case("unknown save kind", ["predict", "input=x", "save=[mask,heatmap]"], ["save=", "mask, probability, overlay"]),
+    Case("overlap of 1", ["predict", "input=x", "overlap=1"], ["overlap=1.0", "[0, 1)"]),
+    Case("probability format", ["predict", "input=x", "probability_format=jpeg"], ["probability_format", "png, tiff"]),
+    Case("overlay style", ["predict", "input=x", "overlay_style=fill"], ["overlay_style", "tint, outline"]),
+    Case("export format", ["export", "format=caffe"], ["format", "onnx", "torchscript"]),
+    Case("export opset", ["export", "opset=10"], ["opset=10", "opset 18 or newer"]),
+    Case("negative pixel limit", ["train", *DATA, "data.max_pixels=-1"], ["data.max_pixels=-1", "0 for no limit"]),
+    # run folders
+    Case(
+        "train into a folder with a run",
+        ["train", "hydra.run.dir=old", *TINY],
+        ["old already holds a training run", "trainer.resume="],
+        old_run,
+    ),
+    Case("resume from a missing file", ["train", *TINY, "trainer.resume=nope.pt"], ["nope.pt", "does not exist"]),
+    Case(
+        "resume from best.pt",
+        ["train", *TINY, "trainer.resume={ws}/good.pt"],
+        ["good.pt", "no training state to resume from"],
+    ),
+    Case(
+        "resume=auto without runs",
+        ["train", *TINY, "trainer.resume=auto"],
+        ["trainer.resume=auto: no training run with checkpoints/last.pt"],
+    ),
+    # training data
+    Case("missing data folder", ["train", "data=isbi", "data.root=nowhere", *TINY], ["nowhere", "does not exist"]),
+    Case(
+        "wrong subfolder names",
+        ["train", *DATA, "data.image_dir=images"],
+        ["data.image_dir=images", "folders in", "image, label"],
+        data,
+    ),
+    Case(
+        "empty data folder",
+        ["train", "data=isbi", "data.root=empty", *TINY],
+        ["no images", "empty"],
+        several(write("empty/image/.keep", b""), write("empty/label/.keep", b"")),
+    ),
+    Case(
+        "unpaired files",
+        ["train", *DATA],
+        ["images without a label", "3.png", "labels without an image: extra.png"],
+        with_data(lambda d: (d / "label" / "3.png").rename(d / "label" / "extra.png")),
+    ),
+    Case(
+        "corrupt image",
+        ["train", *DATA],
+        ["1.png", "corrupt"],
+        with_data(lambda d: (d / "image" / "1.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")),
+    ),
+    Case(
+        "empty image file",
+        ["train", *DATA],
+        ["0.png", "empty"],
+        with_data(lambda d: (d / "image" / "0.png").write_bytes(b"")),
+    ),
+    Case(
+        "label of another size",
+        ["train", *DATA],
+        ["2.png", "same size"],
+        with_data(lambda d: cv2.imwrite(str(d / "label" / "2.png"), np.zeros((30, 32), np.uint8))),
+    ),
+    Case(
+        "label with many values",
+        ["train", *DATA],
+        ["0.png", "distinct values", "label_encoding=instance"],
+        with_data(
+            lambda d: cv2.imwrite(str(d / "label" / "0.png"), (np.arange(1024) % 5).astype(np.uint8).reshape(32, 32))
+        ),
+    ),
+    Case(
+        "images too small for the depth",
+        ["train", "data.synthetic.size=16", "data.synthetic.num_images=4", "model.base_channels=2"],
+        ["too small for model.depth=4", "lower model.depth"],
+    ),
+    Case(
+        "decompression bomb PNG",
+        ["train", *DATA],
+        ["2.png claims 100000×100000 pixels", "data.max_pixels"],
+        with_data(lambda d: bomb_png(d / "image" / "2.png")),
+    ),
+    Case(
+        "decompression bomb TIFF",
+        ["train", *DATA],
+        ["1.tif claims 100000×100000 pixels", "data.max_pixels"],
+        with_data(lambda d: ((d / "image" / "1.png").unlink(), bomb_tiff(d / "image" / "1.tif"))),
+    ),
+    Case(
+        "data set larger than memory",
+        ["train", *DATA, "data.max_pixels=0"],
+        ["decodes to", "GB of memory available"],
+        with_data(lambda d: (bomb_png(d / "image" / "2.png"), bomb_png(d / "label" / "2.png"))),
+    ),
+    Case(
+        "NaN pixel in a float TIFF",
+        ["train", *DATA],
+        ["1.tif has a non-finite value (nan) at pixel (y=3, x=17)"],
+        several(
+            data, lambda here, ws: (here / "d" / "image" / "1.png").unlink(), float_tiff("d/image/1.tif", math.nan)
+        ),
+    ),
+    Case(
+        "a stack as a training image",
+        ["train", *DATA],
+        ["0.tif is a stack of 3 pages", "its own file"],
+        several(
+            data,
+            lambda here, ws: (here / "d" / "image" / "0.png").unlink(),
+            float_tiff("d/image/0.tif", 0.5, (3, 32, 32), (0, 0, 0)),
+        ),
+    ),
+    # checkpoints (hostile and damaged files)
+    Case("missing checkpoint", [*PREDICT[:2], "checkpoint=nope.pt"], ["nope.pt", "does not exist"]),
+    Case("no training run yet", ["predict", "input={ws}/d/image"], ["no training run with checkpoints/best.pt"]),
+    Case(
+        "foreign checkpoint",
+        [*PREDICT[:2], "checkpoint=foreign.pt"],
+        ["foreign.pt", "not a unetseg checkpoint"],
+        lambda here, ws: torch.save({"state_dict": {}}, here / "foreign.pt"),
+    ),
+    Case(
+        "not a checkpoint at all",
+        [*PREDICT[:2], "checkpoint=notes.pt"],
+        ["notes.pt", "not a unetseg checkpoint"],
+        write("notes.pt", b"just some text"),
+    ),
+    Case(
+        "hostile pickle",
+        [*PREDICT[:2], "checkpoint=hostile.pt"],
+        ["hostile.pt", "not a unetseg checkpoint"],
+        hostile_pickle,
+    ),
+    Case(
+        "checkpoint without class names",
+        [*PREDICT[:2], "checkpoint=bad.pt"],
+        ["bad.pt", "it has no class_names"],
+        edited_checkpoint(drop("class_names")),
+    ),
+    Case(
+        "checkpoint with an unknown key",
+        [*PREDICT[:2], "checkpoint=bad.pt"],
+        ["bad.pt", "unknown key 'notes'"],
+        edited_checkpoint(lambda raw: raw.__setitem__("notes", "hi")),
+    ),
+    Case(
+        "model spec with an extra field",
+        [*PREDICT[:2], "checkpoint=bad.pt"],
+        ["bad.pt", "cannot build", "unknown field 'dropout'"],
+        edited_checkpoint(set_model("dropout", 0.1)),
+    ),
+    Case(
+        "model depth as a float",
+        [*PREDICT[:2], "checkpoint=bad.pt"],
+        ["bad.pt", "model.depth=2.0 is float, not an integer"],
+        edited_checkpoint(set_model("depth", 2.0)),
+    ),
+    Case(
+        "spec claiming a huge network",
+        [*PREDICT[:2], "checkpoint=bad.pt"],
+        ["bad.pt", "parameters, more than the 1,000,000,000"],
+        edited_checkpoint(set_model("base_channels", 100_000)),
+    ),
+    Case(
+        "tensor of an edited size",
+        [*PREDICT[:2], "checkpoint=bad.pt"],
+        ["bad.pt", "state_dict['outc.weight'] has shape [2, 4, 1, 1]", "needs [1, 4, 1, 1]"],
+        edited_checkpoint(lambda raw: raw["state_dict"].__setitem__("outc.weight", torch.zeros(2, 4, 1, 1))),
+    ),
+    Case(
+        "NaN weight",
+        [*PREDICT[:2], "checkpoint=bad.pt"],
+        ["bad.pt", "state_dict['inc.0.weight'] holds NaN or infinite values"],
+        edited_checkpoint(nan_weight),
+    ),
+    Case(
+        "class names that do not fit the network",
+        [*PREDICT[:2], "checkpoint=bad.pt"],
+        ["bad.pt", "3 class names but model.num_classes=1 needs 2"],
+        edited_checkpoint(lambda raw: raw.__setitem__("class_names", ["a", "b", "c"])),
+    ),
+    Case(
+        "missing weight",
+        [*PREDICT[:2], "checkpoint=bad.pt"],
+        ["bad.pt", "it lacks 'outc.bias'"],
+        edited_checkpoint(lambda raw: raw["state_dict"].pop("outc.bias")),
+    ),
+    Case(
+        "NaN threshold",
+        [*PREDICT[:2], "checkpoint=bad.pt"],
+        ["bad.pt", "threshold=nan"],
+        edited_checkpoint(lambda raw: raw.__setitem__("threshold", math.nan)),
+    ),
+    Case(
+        "damaged checkpoint in export",
+        ["export", "checkpoint=bad.pt", "format=torchscript"],
+        ["bad.pt", "it lacks 'outc.bias'"],
+        edited_checkpoint(lambda raw: raw["state_dict"].pop("outc.bias")),
+    ),
+    Case(
+        "damaged checkpoint in evaluate",
+        ["evaluate", "checkpoint=bad.pt", "input={ws}/d/image", "labels={ws}/d/label"],
+        ["bad.pt", "holds NaN or infinite values"],
+        edited_checkpoint(nan_weight),
+    ),
+    # predict
+    Case("input is the data root", ["predict", "input={ws}/d"], ["no images", "use input={ws}/d/image"]),
+    Case("glob without matches", ["predict", "input=nothing/*.tif"], ["input=nothing/*.tif matches no images"]),
+    Case(
+        "input without images",
+        ["predict", "input=nothing"],
+        ["no images", "nothing"],
+        write("nothing/readme.txt", b"no images here"),
+    ),
+    Case("output inside the input", [*PREDICT, "output={ws}/d/image/masks"], ["inside the input folder"]),
+    Case("output is the input", [*PREDICT, "output={ws}/d/image"], ["inside the input folder"]),
+    Case(
+        "output would overwrite a mask",
+        [*PREDICT, "output=masks"],
+        ["masks", "already exist", "overwrite=true"],
+        write("masks/0.png", b"an earlier mask"),
+    ),
+    Case(
+        "a corrupt input among good ones",
+        ["predict", "input=p/image", "checkpoint={ws}/good.pt", "output=masks"],
+        ["2.png", "corrupt"],
+        several(lambda here, ws: write_dataset(here / "p", count=3, size=32), write("p/image/2.png", b"not an image")),
+    ),
+    Case(
+        "decompression bomb input",
+        ["predict", "input=p", "checkpoint={ws}/good.pt", "output=masks"],
+        ["big.tif claims 100000×100000 pixels", "max_pixels"],
+        lambda here, ws: (here / "p").mkdir() or bomb_tiff(here / "p" / "big.tif"),
+    ),
+    Case(
+        "NaN page in a stack",
+        ["predict", "input=p", "checkpoint={ws}/good.pt", "output=masks"],
+        ["page 2/3 of", "stack.tif has a non-finite value (nan) at pixel (y=4, x=9)"],
+        float_tiff("p/stack.tif", math.nan, (3, 32, 32), (1, 4, 9)),
+    ),
+    Case(
+        "export over an existing file",
+        ["export", "checkpoint={ws}/good.pt", "format=torchscript", "output=model.pt"],
+        ["model.pt already exists", "overwrite=true"],
+        write("model.pt", b"an earlier export"),
+    ),
+    # evaluate
+    Case(
+        "inf in a label",
+        ["evaluate", "checkpoint={ws}/good.pt", "input={ws}/d/image", "labels=labels"],
+        ["3.tif has a non-finite value (inf) at pixel (y=5, x=6)"],
+        several(
+            lambda here, ws: (here / "labels").mkdir(),
+            lambda here, ws: [
+                cv2.imwrite(str(here / "labels" / f"{i}.png"), cv2.imread(str(ws / "d" / "label" / f"{i}.png")))
+                for i in range(3)
+            ],
+            float_tiff("labels/3.tif", math.inf, at=(5, 6)),
+        ),
+    ),
+    Case(
+        "evaluate with a missing label folder",
+        ["evaluate", "checkpoint={ws}/good.pt", "input={ws}/d/image", "labels=nowhere"],
+        ["nowhere", "does not exist"],
+    ),
+]
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Shared and never changed by a case: a good data set (d/) and a good (untrained) checkpoint."""
+    ws = tmp_path_factory.mktemp("workspace")
+    write_dataset(ws / "d", count=4, size=32)
+    torch.manual_seed(0)
+    save_checkpoint(
+        Checkpoint(build_network(SPEC).state_dict(), SPEC, PercentileNormalizer(1, 99), ["bg", "fg"], 0.5, 1, {}),
+        ws / "good.pt",
+    )
+    return ws
+
+
+def snapshot(folder: Path) -> dict[str, tuple[int, int] | None]:
+    """Every file (size, modification time) and folder under ``folder``."""
+    return {
+        str(path.relative_to(folder)): (path.stat().st_size, path.stat().st_mtime_ns) if path.is_file() else None
+        for path in folder.rglob("*")
+    }
+
+
+def test_the_table_covers_every_kind_of_input() -> None:
+    assert len(CASES) >= 60
+    assert len({case.id for case in CASES}) == len(CASES)
+    commands = {case.args[0] for case in CASES}
+    assert commands >= {"train", "predict", "evaluate", "export"}
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
+def test_bad_input_is_one_line_and_changes_nothing(case: Case, workspace: Path, tmp_path: Path) -> None:
+    here = tmp_path / "case"
+    here.mkdir()
+    if case.make is not None:
+        case.make(here, workspace)
+    before, shared = snapshot(here), snapshot(workspace)
+
+    def fill(text: str) -> str:
+        return text.replace("{ws}", str(workspace)).replace("{here}", str(here))
+
+    result = run_cli(*[fill(arg) for arg in case.args], cwd=here)
+    assert_one_line_error(result, *[fill(fragment) for fragment in case.fragments])
     assert result.returncode == 2
-    assert not (tmp_path / "outputs").exists()
+    assert "HOSTILE CODE RAN" not in result.stdout + result.stderr
+    assert snapshot(here) == before  # nothing new (the run folder was removed), nothing changed
+    assert snapshot(workspace) == shared
 
 
-def test_missing_data_folder(tmp_path: Path) -> None:
+def test_a_missing_data_folder_starts_no_logger(tmp_path: Path) -> None:
     result = run_cli(
         "train", "data=isbi", "data.root=nowhere", *TINY, "trainer.loggers=[tensorboard,mlflow]", cwd=tmp_path
     )
     assert_one_line_error(result, "nowhere", "does not exist")
-    assert not list((tmp_path / "outputs" / "train").iterdir())  # no empty run directory left behind
     assert not (tmp_path / "mlruns").exists()  # the loggers start only once the data has loaded
-
-
-def test_images_too_small_for_the_depth(tmp_path: Path) -> None:
-    result = run_cli(
-        "train", "data.synthetic.size=16", "data.synthetic.num_images=4", "model.base_channels=2", cwd=tmp_path
-    )
-    assert_one_line_error(result, "too small for model.depth=4", "lower model.depth")
-
-
-def test_wrong_subfolder_names_are_listed(tmp_path: Path) -> None:
-    root = write_dataset(tmp_path / "d", count=2, size=32)
-    result = run_cli("train", "data=isbi", f"data.root={root}", "data.image_dir=images", *TINY, cwd=tmp_path)
-    assert_one_line_error(result, "data.image_dir=images", "folders in", "image, label")
-
-
-def test_empty_data_folder(tmp_path: Path) -> None:
-    (tmp_path / "empty" / "image").mkdir(parents=True)
-    (tmp_path / "empty" / "label").mkdir()
-    result = run_cli("train", "data=isbi", "data.root=empty", *TINY, cwd=tmp_path)
-    assert_one_line_error(result, "no images", "empty")
-
-
-def test_unpaired_files_are_named(tmp_path: Path) -> None:
-    root = write_dataset(tmp_path / "d", count=4, size=32)
-    (root / "label" / "3.png").rename(root / "label" / "extra.png")
-    result = run_cli("train", "data=isbi", f"data.root={root}", *TINY, cwd=tmp_path)
-    assert_one_line_error(result, "images without a label", "3.png", "labels without an image: extra.png")
-
-
-def test_corrupt_image_is_named(tmp_path: Path) -> None:
-    root = write_dataset(tmp_path / "d", count=4, size=32)
-    (root / "image" / "1.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")
-    result = run_cli("train", "data=isbi", f"data.root={root}", *TINY, cwd=tmp_path)
-    assert_one_line_error(result, "1.png", "corrupt")
-
-
-def test_size_mismatch(tmp_path: Path) -> None:
-    root = write_dataset(tmp_path / "d", count=4, size=32)
-    cv2.imwrite(str(root / "label" / "2.png"), np.zeros((30, 32), np.uint8))
-    result = run_cli("train", "data=isbi", f"data.root={root}", *TINY, cwd=tmp_path)
-    assert_one_line_error(result, "2.png", "same size")
-
-
-def test_label_with_too_many_values(tmp_path: Path) -> None:
-    root = write_dataset(tmp_path / "d", count=4, size=32)
-    cv2.imwrite(str(root / "label" / "0.png"), (np.arange(32 * 32) % 5).astype(np.uint8).reshape(32, 32))
-    result = run_cli("train", "data=isbi", f"data.root={root}", *TINY, cwd=tmp_path)
-    assert_one_line_error(result, "0.png", "distinct values", "label_encoding=instance")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_instance_map_label_is_accepted_when_declared(tmp_path: Path) -> None:
@@ -113,70 +475,8 @@ def test_instance_map_label_is_accepted_when_declared(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
 
 
-@pytest.fixture
-def images(tmp_path: Path) -> Path:
-    return write_dataset(tmp_path / "d", count=2, size=32) / "image"
-
-
-def test_missing_checkpoint(tmp_path: Path, images: Path) -> None:
-    result = run_cli("predict", f"input={images}", "checkpoint=nope.pt", cwd=tmp_path)
-    assert_one_line_error(result, "nope.pt", "does not exist")
-
-
-def test_no_training_run_yet(tmp_path: Path, images: Path) -> None:
-    result = run_cli("predict", f"input={images}", cwd=tmp_path)
-    assert_one_line_error(result, "no training run with checkpoints/best.pt", "unetseg train")
-
-
-def test_not_a_checkpoint(tmp_path: Path, images: Path) -> None:
-    torch.save({"state_dict": {}}, tmp_path / "foreign.pt")
-    result = run_cli("predict", f"input={images}", "checkpoint=foreign.pt", cwd=tmp_path)
-    assert_one_line_error(result, "foreign.pt", "not a unetseg checkpoint")
-
-
-def test_predict_points_at_the_image_subfolder(tmp_path: Path) -> None:
-    root = write_dataset(tmp_path / "d", count=1, size=32)
-    result = run_cli("predict", f"input={root}", cwd=tmp_path)
-    assert_one_line_error(result, "no images", f"use input={root / 'image'}")
-
-
-def test_predict_checks_every_input_before_writing(tmp_path: Path) -> None:
-    model_dir = tmp_path / "model"
-    model_dir.mkdir()
-    trained = run_cli(
-        "train", "data=isbi", f"data.root={write_dataset(tmp_path / 'd', count=3, size=32)}", *TINY, cwd=model_dir
-    )
-    assert trained.returncode == 0, trained.stderr
-    inputs = write_dataset(tmp_path / "p", count=3, size=32) / "image"
-    (inputs / "2.png").write_bytes(b"not an image")
-    result = run_cli(
-        "predict", f"input={inputs}", f"output={tmp_path / 'masks'}", "runs_root=model/outputs", cwd=tmp_path
-    )
-    assert_one_line_error(result, "2.png", "corrupt")
-    assert not (tmp_path / "masks").exists()
-
-
-def test_predict_glob_without_matches(tmp_path: Path) -> None:
-    result = run_cli("predict", "input=nothing/*.tif", cwd=tmp_path)
-    assert_one_line_error(result, "input=nothing/*.tif matches no images")
-
-
-def test_predict_input_without_images(tmp_path: Path) -> None:
-    (tmp_path / "nothing").mkdir()
-    (tmp_path / "nothing" / "readme.txt").write_text("no images here")
-    result = run_cli("predict", "input=nothing", cwd=tmp_path)
-    assert_one_line_error(result, "no images", "nothing")
-
-
-@pytest.mark.parametrize("output", ["{images}", "{images}/masks"])
-def test_output_inside_input_folder_is_refused(tmp_path: Path, images: Path, output: str) -> None:
-    before = sorted(p.name for p in images.iterdir())
-    result = run_cli("predict", f"input={images}", f"output={output.format(images=images)}", cwd=tmp_path)
-    assert_one_line_error(result, "inside the input folder")
-    assert sorted(p.name for p in images.iterdir()) == before
-
-
-def test_a_failing_predict_sweep_job_sets_the_exit_code(tmp_path: Path, images: Path) -> None:
+def test_a_failing_predict_sweep_job_sets_the_exit_code(tmp_path: Path) -> None:
+    images = write_dataset(tmp_path / "d", count=2, size=32) / "image"
     result = run_cli("predict", "-m", f"input={images},missing", "checkpoint=nope.pt", cwd=tmp_path)
     assert result.returncode == 1
     assert "Traceback" not in result.stderr

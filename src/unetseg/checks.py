@@ -40,6 +40,7 @@ def check_train(cfg: TrainConfig) -> None:
     _require(m.num_classes >= 1, f"model.num_classes={m.num_classes}: must be at least 1 (1 = binary)")
     _require(m.base_channels >= 1, f"model.base_channels={m.base_channels}: must be a positive width")
     _require(1 <= m.depth <= 8, f"model.depth={m.depth}: must be between 1 and 8")
+    check_max_pixels(d.max_pixels, "data.max_pixels")
     _require(o.lr > 0, f"optim.lr={o.lr}: the learning rate must be > 0 (for example optim.lr=1e-5)")
     _require(o.weight_decay >= 0, f"optim.weight_decay={o.weight_decay}: must be >= 0")
     _require(0 <= o.momentum < 1, f"optim.momentum={o.momentum}: must be in [0, 1)")
@@ -168,12 +169,20 @@ def check_inference(cfg: InferenceConfig) -> None:
     check_device(cfg.device, "device")
 
 
+def check_max_pixels(value: int | None, key: str) -> None:
+    _require(
+        value is None or value >= 0,
+        f"{key}={value}: give the most pixels one image may have (e.g. {key}=1073741824), or 0 for no limit",
+    )
+
+
 def check_predict(cfg: PredictConfig) -> None:
     _require(
         cfg.input is not None,
         "input is not set: say which image or folder to segment, e.g. unetseg predict input=data/test",
     )
     check_inference(cfg)
+    check_max_pixels(cfg.max_pixels, "max_pixels")
     unknown = [kind for kind in cfg.save if kind not in OUTPUT_KINDS]
     guesses = [match for kind in unknown for match in difflib.get_close_matches(kind, OUTPUT_KINDS, n=1)]
     hint = f" (did you mean {', '.join(guesses)}?)" if guesses else ""
@@ -192,6 +201,7 @@ EVALUATION_SPLITS = ("val", "train", "all")
 
 def check_evaluate(cfg: EvaluateConfig) -> None:
     check_inference(cfg)
+    check_max_pixels(cfg.data.max_pixels, "data.max_pixels")
     _require(
         (cfg.input is None) == (cfg.labels is None),
         "give both input=IMAGES and labels=LABELS folders, or neither (then data=... names the labelled set)",

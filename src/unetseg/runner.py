@@ -247,6 +247,15 @@ def _remove_if_empty_run(run_dir: Path) -> None:
     .hydra/ and an almost empty log would be in it)."""
     if run_dir.is_dir() and all(p.name == ".hydra" or p.suffix == ".log" for p in run_dir.iterdir()):
         shutil.rmtree(run_dir, ignore_errors=True)
+        # ... nor the outputs/<command>/ folders Hydra made for it, when nothing else is in them
+        launch = Path.cwd()
+        for parent in run_dir.parents[:2]:
+            if launch not in parent.parents:
+                break
+            try:
+                parent.rmdir()
+            except OSError:  # not empty
+                break
 
 
 def _record_failure(run_dir: Path, message: str) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,7 +85,9 @@ def load_checkpoint(path: Path) -> Checkpoint:
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist: give checkpoint=path/to/best.pt")
     try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": the one line below says it all
+            warnings.simplefilter("ignore")
+            raw = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:  # torch raises many types for foreign files; all mean the same to the user
         raw = None
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:
