@@ -15,7 +15,7 @@ from torch.utils.data import RandomSampler
 from unetseg.io.atomic import atomic_open, write_text_atomic
 from unetseg.io.claims import LOCK_NAME, claim_folder, folder_in_use, remove_stale_temporaries
 from unetseg.io.strict_json import to_json
-from unetseg.runtime.errors import UserError, describe_storage_error
+from unetseg.runtime.errors import UserError, describe_out_of_memory, describe_storage_error
 from unetseg.training.fingerprint import difference
 from unetseg.training.loader import SkippingSampler
 from unetseg.training.run_folder import refuse_to_train_into
@@ -113,3 +113,15 @@ def test_training_into_a_folder_with_a_run_needs_to_resume_that_run(tmp_path: Pa
     with pytest.raises(UserError, match="already holds a training run"):
         refuse_to_train_into(tmp_path, str(tmp_path.parent / "other" / "checkpoints" / "last.pt"))
     refuse_to_train_into(tmp_path, str(tmp_path / "checkpoints" / "last.pt"))  # resuming it: fine
+
+
+def test_running_out_of_memory_is_one_line_with_what_to_lower() -> None:
+    torch_says = RuntimeError(
+        "[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: you tried to "
+        "allocate 1099511627776 bytes. Error code 12 (Cannot allocate memory)"
+    )
+    for error in (torch_says, MemoryError(), RuntimeError("CUDA out of memory. Tried to allocate 20.00 GiB")):
+        message = describe_out_of_memory(error)
+        assert message is not None and message.startswith("out of memory") and "data.patch_size" in message
+        assert "\n" not in message
+    assert describe_out_of_memory(RuntimeError("size mismatch for outc.weight")) is None

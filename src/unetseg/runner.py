@@ -43,6 +43,7 @@ from unetseg.runtime.errors import (
     EXIT_USER_ERROR,
     MachineFault,
     UserError,
+    describe_out_of_memory,
     describe_storage_error,
 )
 from unetseg.runtime.paths import config_dir, register_resolvers, run_stamp, share_run_stamp, user_path
@@ -220,8 +221,13 @@ def guarded(command: str, task: Task) -> Callable[[DictConfig], dict[str, Any] |
                 _remove_if_empty_run(run_dir)
                 sys.exit(EXIT_USER_ERROR)
             _record_failure(run_dir, str(error))
-        except (MachineFault, OSError) as error:
-            message = str(error) if isinstance(error, MachineFault) else describe_storage_error(error)
+        except (MachineFault, OSError, MemoryError, RuntimeError) as error:
+            if isinstance(error, MachineFault):
+                message: str | None = str(error)
+            elif isinstance(error, OSError):
+                message = describe_storage_error(error)
+            else:
+                message = describe_out_of_memory(error)
             if message is None:
                 raise
             print_error(command, message)

@@ -35,3 +35,18 @@ def describe_storage_error(error: OSError) -> str | None:
 class MachineFault(Exception):
     """The machine stopped the command (a full disk, a read-only folder): printed as one line (what happened,
     what to do), exit code 1, no traceback."""
+
+
+_OUT_OF_MEMORY = ("can't allocate memory", "out of memory", "not enough memory")
+
+
+def describe_out_of_memory(error: BaseException) -> str | None:
+    """One line for running out of memory (MemoryError, torch's CPU allocator or CUDA), None for other errors."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    if not isinstance(error, MemoryError) and not any(marker in text.lower() for marker in _OUT_OF_MEMORY):
+        return None
+    detail = f" ({text[:160]})" if text else ""
+    return (
+        f"out of memory{detail}: train on crops (data.patch_size=256) with a smaller trainer.batch_size or "
+        "model.base_channels, or predict with a smaller tile_size"
+    )
