@@ -231,6 +231,12 @@ CASES = [
         with_data(lambda d: bomb_png(d / "image" / "2.png")),
     ),
     Case(
+        "a valid image over a lowered limit",
+        ["train", *DATA, "data.max_pixels=100000000"],
+        ["2.png claims 16000×16000 pixels (256,000,000)", "data.max_pixels"],
+        with_data(lambda d: cv2.imwrite(str(d / "image" / "2.png"), np.zeros((16000, 16000), np.uint8))),
+    ),
+    Case(
         "decompression bomb TIFF",
         ["train", *DATA],
         ["1.tif claims 100000×100000 pixels", "data.max_pixels"],
