@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from unetseg.data.normalize import PercentileNormalizer
 from unetseg.data.synthetic import synthetic_pair
 from unetseg.model import build_network
 from unetseg.model.checkpoint import Checkpoint
+from unetseg.runtime import paths
 from unetseg.runtime.precision import choose_fast_path
 from unetseg.training.losses import compute_loss
 
@@ -105,3 +107,12 @@ def _session_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> None:
     """unetseg's cache (OpenVINO conversions) in a folder of this test session, shared by the in-process
     tests and the CLI runs they start (which inherit the environment), never the user's ~/.cache."""
     os.environ["UNETSEG_CACHE_DIR"] = str(tmp_path_factory.mktemp("unetseg-cache"))
+
+
+@pytest.fixture(autouse=True)
+def _fresh_run_stamp() -> Iterator[None]:
+    """An in-process test that makes a run stamp (unetseg.runtime.paths.run_stamp) exports it, as a launcher's
+    parent process must; the CLI runs of later tests would then all share one run folder. Forget it."""
+    yield
+    os.environ.pop(paths.STAMP_VARIABLE, None)
+    paths._STAMP = None

@@ -154,6 +154,91 @@ CASES = [
     Case("overlay style", ["predict", "input=x", "overlay_style=fill"], ["overlay_style", "tint, outline"]),
     Case("export format", ["export", "format=caffe"], ["format", "onnx", "torchscript"]),
     Case("export opset", ["export", "opset=10"], ["opset=10", "opset 18 or newer"]),
+    Case("infinite learning rate", ["train", "optim.lr=inf"], ["optim.lr=inf: must be a finite number"]),
+    Case("NaN learning rate", ["train", "optim.lr=nan"], ["optim.lr=nan: must be a finite number"]),
+    Case("NaN threshold setting", ["train", "trainer.threshold=nan"], ["trainer.threshold=nan: must be a finite"]),
+    Case("infinite overlap", ["predict", "input=x", "overlap=inf"], ["overlap=inf: must be a finite number"]),
+    Case(
+        "inf inside a sweep", ["train", "-m", "optim.weight_decay=0,inf"], ["optim.weight_decay=inf: must be a finite"]
+    ),
+    Case(
+        "malformed device",
+        ["train", "trainer.device=cuda:foo"],
+        ["trainer.device=cuda:foo: not a device name", "cuda:N"],
+    ),
+    Case("unknown device", ["train", "trainer.device=banana"], ["trainer.device=banana", "auto, cpu, cuda, cuda:N"]),
+    Case("absent GPU", ["train", "trainer.device=cuda:99"], ["trainer.device=cuda:99: "]),
+    Case("negative seed", ["train", "trainer.seed=-1"], ["trainer.seed=-1", "between 0 and 4294967295"]),
+    Case("negative synthesize seed", ["synthesize", "output=x", "seed=-1"], ["seed=-1", "between 0 and 4294967295"]),
+    Case(
+        "huge synthetic images",
+        ["train", "data.synthetic.size=40000"],
+        ["data.synthetic.size=40000", "between 16 and 4096"],
+    ),
+    Case(
+        "too many synthetic images",
+        ["train", "data.synthetic.num_images=100000000"],
+        ["data.synthetic.num_images=100000000", "at most 268,435,456 pixels"],
+    ),
+    Case(
+        "duplicate class names", ["train", "data.class_names=[a,a]"], ["data.class_names=['a', 'a']", "more than once"]
+    ),
+    Case("empty class name", ["train", 'data.class_names=[a,""]'], ["data.class_names=", "class 1 has an empty name"]),
+    Case("deleting a required key", ["train", "~optim.lr"], ["~optim.lr: optim.lr is required", "optim.lr=VALUE"]),
+    Case("deleting a group", ["train", "~optim"], ["the optim group is required", "optim=adam, optim=rmsprop"]),
+    Case("a null group", ["train", "model=null"], ["model=null", "model=bilinear, model=transposed"]),
+    Case("network too wide", ["train", "model.base_channels=100000"], ["model.base_channels=100000", "at most 4096"]),
+    Case("crop larger than any image", ["train", "data.patch_size=100000"], ["data.patch_size=100000", "8192 px"]),
+    Case("huge margin", ["predict", "input=x", "margin=100000"], ["margin=100000", "between 0 and 1024"]),
+    Case("unknown opset", ["export", "opset=1000"], ["opset=1000", "the installed onnx knows opsets up to"]),
+    # paths Hydra cannot read unquoted (the shell has already split the words: each is one argument here)
+    Case(
+        "parenthesis in a path",
+        ["predict", "input=data/scan (1).png"],
+        ['input=data/scan (1).png: Hydra cannot read "(" unquoted', "quote the path: 'input=\"data/scan (1).png\"'"],
+    ),
+    Case(
+        "equals sign in a path",
+        ["predict", "input=data/a=b.png"],
+        ['Hydra cannot read "=" unquoted', "'input=\"data/a=b.png\"'"],
+    ),
+    Case(
+        "comma in a path",
+        ["predict", "input=data/a,b.png"],
+        ['Hydra reads "," unquoted as a list of values', "'input=\"data/a,b.png\"'"],
+    ),
+    Case(
+        "interpolation in a path",
+        ["predict", "input=data/${x}.png"],
+        ['Hydra reads "${" as an interpolation', "'input=\"data/\\${x}.png\"'"],
+    ),
+    Case(
+        "non-ASCII path",
+        ["predict", "input=données/é.png"],
+        ['Hydra cannot read "é" unquoted', "'input=\"données/é.png\"'"],
+    ),
+    Case(
+        "checkpoint path with a parenthesis",
+        ["predict", "input=x", "checkpoint=run (2)/best.pt"],
+        ['checkpoint=run (2)/best.pt: Hydra cannot read "("', "'checkpoint=\"run (2)/best.pt\"'"],
+    ),
+    Case(
+        "data root with spaces and parentheses",
+        ["train", "data=isbi", "data.root=my data (copy)"],
+        ['data.root=my data (copy): Hydra cannot read "("', "'data.root=\"my data (copy)\"'"],
+    ),
+    Case(
+        "checkpoint is a folder without one",
+        [*PREDICT[:2], "checkpoint=emptyrun"],
+        ["checkpoint=emptyrun is a folder without", "checkpoints/best.pt"],
+        write("emptyrun/notes.txt", b"not a run"),
+    ),
+    Case(
+        "output is a file",
+        [*PREDICT, "output=afile"],
+        ["output=afile is a file, not a folder"],
+        write("afile", b"data"),
+    ),
     Case("negative pixel limit", ["train", *DATA, "data.max_pixels=-1"], ["data.max_pixels=-1", "0 for no limit"]),
     # run folders
     Case(
@@ -161,6 +246,12 @@ CASES = [
         ["train", "hydra.run.dir=old", *TINY],
         ["old already holds a training run", "trainer.resume="],
         old_run,
+    ),
+    Case(
+        "resume from a folder without last.pt",
+        ["train", *TINY, "trainer.resume=emptyrun"],
+        ["trainer.resume=emptyrun is a folder without", "last.pt"],
+        write("emptyrun/notes.txt", b"not a run"),
     ),
     Case("resume from a missing file", ["train", *TINY, "trainer.resume=nope.pt"], ["nope.pt", "does not exist"]),
     Case(

@@ -185,7 +185,7 @@ def test_resume_refuses_what_it_cannot_continue(tmp_path: Path, dataset: Path) -
     done = run_cli(*args, f"trainer.resume={run_dir / 'checkpoints' / 'last.pt'}", "trainer.epochs=1", cwd=tmp_path)
     assert_one_line_error(done, "already trained 1", "trainer.epochs")
     other = run_cli(*args, "trainer.resume=auto", "trainer.epochs=2", "model.base_channels=8", cwd=tmp_path)
-    assert_one_line_error(other, "different network")
+    assert_one_line_error(other, "is an unfinished run of this experiment", "model.base_channels=4 there, 8 here")
     elsewhere = run_cli(*args, "trainer.resume=auto", "trainer.epochs=2", "runs_root=elsewhere", cwd=tmp_path)
     assert_one_line_error(elsewhere, f"no training run with checkpoints/last.pt under {tmp_path / 'elsewhere'}")
 

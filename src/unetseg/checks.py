@@ -6,15 +6,20 @@ The runner calls the command's check on every variant of the overrides before Hy
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import functools
+import importlib.util
 import math
 from collections.abc import Callable
 from typing import Any
 
 from unetseg.config import (
+    DataConfig,
     DataSource,
     EvaluateConfig,
     ExportConfig,
+    ExportFormat,
     InferenceConfig,
     PredictConfig,
     SynthesizeConfig,
@@ -23,15 +28,89 @@ from unetseg.config import (
 )
 from unetseg.inference.writers import OUTPUT_KINDS
 from unetseg.objects.instances import resolve_rule
-from unetseg.runtime.device import DEVICE_KINDS
+from unetseg.runtime.device import device_name_problem, device_unavailable
 from unetseg.runtime.errors import UserError
+from unetseg.runtime.paths import user_path
 from unetseg.scoring.names import INSTANCE_SCORES, validation_scores
 from unetseg.tracking.loggers import check_logger_packages
+
+# Bounds shared by more than one command (each in one place).
+MAX_SEED = 2**32 - 1  # numpy's seed range (np.random.seed), the narrowest of the generators a seed feeds
+SYNTHETIC_SIZES = (16, 4096)  # pixels per side of a generated image: data.synthetic.size and synthesize size=
+MAX_SYNTHETIC_PIXELS = 2**28  # data.synthetic.num_images × size²: all of it is generated and held in memory
+MAX_WIDEST_LAYER = 4096  # channels of the U-Net's widest layer, base_channels × 2^(depth-1) (classic: 512)
+MAX_PATCH_SIZE = 8192  # data.patch_size: training crops, in pixels per side
+MAX_MARGIN = 1024  # inference margin: mirrored pixels around each image (the U-Net paper's overlap-tile: 92)
 
 
 def _require(ok: bool, message: str) -> None:
     if not ok:
         raise UserError(message)
+
+
+def check_finite(cfg: Any, command: str, prefix: str = "") -> None:
+    """No nan or inf anywhere: every float of the typed config (nested groups and lists included) must be a
+    finite number. The range checks compare with < and >, which nan slips through and inf often passes."""
+    for spec in dataclasses.fields(cfg):
+        value = getattr(cfg, spec.name)
+        key = f"{prefix}{spec.name}"
+        if dataclasses.is_dataclass(value):
+            check_finite(value, command, f"{key}.")
+        elif _not_finite(value) or (isinstance(value, list) and any(_not_finite(item) for item in value)):
+            raise UserError(
+                f"{key}={value}: must be a finite number, not nan or inf; "
+                f"give a number (the defaults: unetseg {command} --cfg job)"
+            )
+
+
+def _not_finite(value: Any) -> bool:
+    return isinstance(value, float) and not math.isfinite(value)
+
+
+def check_seed(seed: int, key: str) -> None:
+    _require(
+        0 <= seed <= MAX_SEED,
+        f"{key}={seed}: a seed must be between 0 and {MAX_SEED} (2**32 - 1, numpy's seed range)",
+    )
+
+
+def check_class_names(names: list[str], key: str) -> None:
+    """Each class named, each name once: names key the per-class scores (dice_<name>) and the overlays."""
+    for index, name in enumerate(names):
+        _require(
+            bool(name.strip()),
+            f"{key}={list(names)}: class {index} has an empty name; name every class, e.g. {key}=[background,cell]",
+        )
+    twice = sorted({name for name in names if list(names).count(name) > 1})
+    _require(
+        not twice,
+        f"{key}={list(names)}: {', '.join(twice)} named more than once; give each class its own name",
+    )
+
+
+def check_data(d: DataConfig) -> None:
+    """The data settings train and evaluate share: the validation split and the synthetic generator."""
+    _require(
+        0 < d.val_fraction < 1,
+        f"data.val_fraction={d.val_fraction}: must be strictly between 0 and 1 (for example 0.2)",
+    )
+    syn = d.synthetic
+    low, high = SYNTHETIC_SIZES
+    _require(
+        low <= syn.size <= high,
+        f"data.synthetic.size={syn.size}: must be between {low} and {high} pixels",
+    )
+    _require(
+        syn.num_images >= 2,
+        f"data.synthetic.num_images={syn.num_images}: need at least 2 (train + validation)",
+    )
+    _require(
+        syn.num_images * syn.size**2 <= MAX_SYNTHETIC_PIXELS,
+        f"data.synthetic.num_images={syn.num_images} images of {syn.size}² pixels: at most "
+        f"{MAX_SYNTHETIC_PIXELS:,} pixels in all (all are generated and held in memory), "
+        f"e.g. data.synthetic.num_images={max(2, MAX_SYNTHETIC_PIXELS // syn.size**2)}",
+    )
+    check_seed(syn.seed, "data.synthetic.seed")
 
 
 def check_train(cfg: TrainConfig) -> None:
@@ -40,6 +119,12 @@ def check_train(cfg: TrainConfig) -> None:
     _require(m.num_classes >= 1, f"model.num_classes={m.num_classes}: must be at least 1 (1 = binary)")
     _require(m.base_channels >= 1, f"model.base_channels={m.base_channels}: must be a positive width")
     _require(1 <= m.depth <= 8, f"model.depth={m.depth}: must be between 1 and 8")
+    widest = m.base_channels * 2 ** (m.depth - 1)
+    _require(
+        widest <= MAX_WIDEST_LAYER,
+        f"model.base_channels={m.base_channels} with model.depth={m.depth}: the widest layer would have {widest:,} "
+        f"channels; keep base_channels × 2^(depth-1) at most {MAX_WIDEST_LAYER} (the default, 64 at depth 4: 512)",
+    )
     check_max_pixels(d.max_pixels, "data.max_pixels")
     _require(o.lr > 0, f"optim.lr={o.lr}: the learning rate must be > 0 (for example optim.lr=1e-5)")
     _require(o.weight_decay >= 0, f"optim.weight_decay={o.weight_decay}: must be >= 0")
@@ -48,10 +133,8 @@ def check_train(cfg: TrainConfig) -> None:
         len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas),
         f"optim.betas={list(o.betas)}: give two values in [0, 1), for example optim.betas=[0.9,0.999]",
     )
-    _require(
-        0 < d.val_fraction < 1,
-        f"data.val_fraction={d.val_fraction}: must be strictly between 0 and 1 (for example 0.2)",
-    )
+    check_data(d)
+    check_class_names(d.class_names, "data.class_names")
     if d.source == DataSource.synthetic:
         _require(
             d.root is None and d.val_root is None,
@@ -69,7 +152,10 @@ def check_train(cfg: TrainConfig) -> None:
             "data.target=boundary trains three classes: add model.num_classes=3 "
             "'data.class_names=[background,interior,boundary]' (or use experiment=nuclei as a starting point)",
         )
-    _require(d.boundary_width >= 1, f"data.boundary_width={d.boundary_width}: must be at least 1 pixel")
+    _require(
+        1 <= d.boundary_width <= 64,
+        f"data.boundary_width={d.boundary_width}: must be between 1 and 64 pixels (the band inside each object's edge)",
+    )
     expected_names = max(m.num_classes, 2)
     _require(
         len(d.class_names) == expected_names,
@@ -81,8 +167,6 @@ def check_train(cfg: TrainConfig) -> None:
         0 <= low < high <= 100,
         f"data.normalization percentiles ({low}, {high}): need 0 <= low_percentile < high_percentile <= 100",
     )
-    _require(d.synthetic.num_images >= 2, "data.synthetic.num_images: need at least 2 (train + validation)")
-    _require(d.synthetic.size >= 16, "data.synthetic.size: must be at least 16 pixels")
     _require(t.epochs >= 1, f"trainer.epochs={t.epochs}: must be at least 1")
     _require(t.batch_size >= 1, f"trainer.batch_size={t.batch_size}: must be at least 1")
     _require(
@@ -90,6 +174,7 @@ def check_train(cfg: TrainConfig) -> None:
         f"trainer.workers={t.workers}: must be >= 0 (0 loads data in the main process), or null for automatic",
     )
     _require(0 < t.threshold < 1, f"trainer.threshold={t.threshold}: must be strictly between 0 and 1")
+    check_seed(t.seed, "trainer.seed")
     check_device(t.device, "trainer.device")
     _check_training_recipe(cfg)
 
@@ -99,8 +184,9 @@ def _check_training_recipe(cfg: TrainConfig) -> None:
     m, d, t, sc = cfg.model, cfg.data, cfg.trainer, cfg.schedule
     if d.patch_size is not None:
         _require(
-            d.patch_size >= 2**m.depth,
-            f"data.patch_size={d.patch_size}: must be at least {2**m.depth} px for model.depth={m.depth} (or null)",
+            2**m.depth <= d.patch_size <= MAX_PATCH_SIZE,
+            f"data.patch_size={d.patch_size}: must be between {2**m.depth} px (for model.depth={m.depth}) and "
+            f"{MAX_PATCH_SIZE} px, or null for whole images",
         )
     _require(
         d.samples_per_epoch is None or d.samples_per_epoch >= 1,
@@ -110,13 +196,23 @@ def _check_training_recipe(cfg: TrainConfig) -> None:
     for key in ("flip", "rotate90", "elastic", "brightness", "contrast", "gamma", "noise", "blur"):
         value = getattr(a, key)
         _require(0 <= value <= 1, f"data.augment.{key}={value}: a probability, between 0 and 1 (0 = off)")
-    _require(a.elastic_grid >= 2, f"data.augment.elastic_grid={a.elastic_grid}: need at least 2 control points")
-    _require(a.elastic_sigma >= 0, f"data.augment.elastic_sigma={a.elastic_sigma}: must be >= 0 pixels")
+    _require(
+        2 <= a.elastic_grid <= 64,
+        f"data.augment.elastic_grid={a.elastic_grid}: between 2 and 64 control points per side (the U-Net paper: 3)",
+    )
+    _require(
+        0 <= a.elastic_sigma <= 1000,
+        f"data.augment.elastic_sigma={a.elastic_sigma}: between 0 and 1000 pixels (the U-Net paper: 10)",
+    )
     ranges = a.intensity
     for key in ("brightness", "contrast", "gamma", "noise_std", "blur_sigma"):
         value = getattr(ranges, key)
         _require(value >= 0, f"data.augment.intensity.{key}={value}: must be >= 0")
     _require(ranges.gamma < 1, f"data.augment.intensity.gamma={ranges.gamma}: must be < 1 (gamma stays positive)")
+    _require(
+        ranges.blur_sigma <= 100,
+        f"data.augment.intensity.blur_sigma={ranges.blur_sigma}: at most 100 pixels (wider erases the image)",
+    )
     _require(t.border_weight >= 0, f"trainer.border_weight={t.border_weight}: must be >= 0")
     _require(t.border_sigma > 0, f"trainer.border_sigma={t.border_sigma}: must be > 0 pixels")
     scores = [score.key for score in validation_scores(d.class_names)]
@@ -153,7 +249,10 @@ def check_inference(cfg: InferenceConfig) -> None:
         _require(0 < cfg.threshold < 1, f"threshold={cfg.threshold}: must be strictly between 0 and 1")
     _require(0 <= cfg.overlap < 1, f"overlap={cfg.overlap}: must be in [0, 1) (0.5 = tiles overlap by half)")
     _require(cfg.batch_size >= 1, f"batch_size={cfg.batch_size}: must be at least 1")
-    _require(cfg.margin >= 0, f"margin={cfg.margin}: mirrored pixels around each image, must be >= 0")
+    _require(
+        0 <= cfg.margin <= MAX_MARGIN,
+        f"margin={cfg.margin}: mirrored pixels around each image, between 0 and {MAX_MARGIN} (the U-Net paper: 92)",
+    )
     _require(
         cfg.tile_size is None or cfg.tile_size >= 16,
         f"tile_size={cfg.tile_size}: must be at least 16 pixels, or null to run each image whole",
@@ -194,6 +293,15 @@ def check_predict(cfg: PredictConfig) -> None:
         cfg.pixel_size is None or (math.isfinite(cfg.pixel_size) and cfg.pixel_size > 0),
         f"pixel_size={cfg.pixel_size}: give the pixel size in µm as a positive number (e.g. pixel_size=0.325)",
     )
+    check_output_folder(cfg.output, "the masks")
+
+
+def check_output_folder(output: str | None, what: str) -> None:
+    """``output=`` names a folder: an existing file there is a mistake (a file meant as input, or a typo)."""
+    _require(
+        not output or not user_path(output).is_file(),
+        f"output={output} is a file, not a folder: choose a folder for {what} (it is made if missing)",
+    )
 
 
 EVALUATION_SPLITS = ("val", "train", "all")
@@ -201,6 +309,8 @@ EVALUATION_SPLITS = ("val", "train", "all")
 
 def check_evaluate(cfg: EvaluateConfig) -> None:
     check_inference(cfg)
+    check_data(cfg.data)
+    check_output_folder(cfg.output, "metrics.json")
     check_max_pixels(cfg.data.max_pixels, "data.max_pixels")
     _require(
         (cfg.input is None) == (cfg.labels is None),
@@ -220,7 +330,9 @@ def check_evaluate(cfg: EvaluateConfig) -> None:
 def check_synthesize(cfg: SynthesizeConfig) -> None:
     _require(cfg.output is not None, "output is not set: e.g. unetseg synthesize output=data/synthetic")
     _require(cfg.count >= 1, f"count={cfg.count}: must be at least 1")
-    _require(16 <= cfg.size <= 4096, f"size={cfg.size}: must be between 16 and 4096 pixels")
+    low, high = SYNTHETIC_SIZES
+    _require(low <= cfg.size <= high, f"size={cfg.size}: must be between {low} and {high} pixels")
+    check_seed(cfg.seed, "seed")
 
 
 def check_export(cfg: ExportConfig) -> None:
@@ -228,21 +340,59 @@ def check_export(cfg: ExportConfig) -> None:
         cfg.opset >= 18,
         f"opset={cfg.opset}: torch's ONNX exporter writes opset 18 or newer (opset=18 suits the oldest runtimes)",
     )
-
-
-def check_device(device: str, key: str) -> None:
-    """The device names unetseg takes (whether the device is there is resolve_device's question)."""
-    kind = device.split(":")[0]
+    newest = _newest_onnx_opset() if cfg.format == ExportFormat.onnx else None
     _require(
-        kind in DEVICE_KINDS,
-        f"{key}={device}: use auto, cpu, cuda, cuda:N or mps",
+        newest is None or cfg.opset <= newest,
+        f"opset={cfg.opset}: the installed onnx knows opsets up to {newest} (torch would write 18 instead); "
+        f"choose 18 to {newest}",
     )
 
 
+def _newest_onnx_opset() -> int | None:
+    """The newest opset the installed onnx package defines (None without onnx: export says how to install it)."""
+    if importlib.util.find_spec("onnx") is None:
+        return None
+    import onnx.defs
+
+    return int(onnx.defs.onnx_opset_version())
+
+
+def check_device(device: str, key: str) -> None:
+    """The device names unetseg takes (whether the device is here: check_device_here)."""
+    problem = device_name_problem(device)
+    _require(problem is None, f"{key}={device}: {problem}")
+
+
+def check_device_here(cfg: Any) -> None:
+    """The device the config names is on this machine. The runner asks this before a single local run; a
+    sweep's jobs may run elsewhere (a Slurm launcher), so there each job's resolve_device says it."""
+    for key, device in (
+        ("trainer.device", getattr(getattr(cfg, "trainer", None), "device", None)),
+        ("device", getattr(cfg, "device", None)),
+    ):
+        if isinstance(device, str):
+            problem = device_unavailable(device)
+            _require(problem is None, f"{key}={device}: {problem}")
+
+
+def _with_common_checks(command: str, check: Callable[[Any], None]) -> Callable[[Any], None]:
+    """A command's check, after the checks every config gets (finite numbers)."""
+
+    @functools.wraps(check)
+    def run(cfg: Any) -> None:
+        check_finite(cfg, command)
+        check(cfg)
+
+    return run
+
+
 CHECKS: dict[str, Callable[[Any], None]] = {
-    "train": check_train,
-    "predict": check_predict,
-    "evaluate": check_evaluate,
-    "export": check_export,
-    "synthesize": check_synthesize,
+    command: _with_common_checks(command, check)
+    for command, check in {
+        "train": check_train,
+        "predict": check_predict,
+        "evaluate": check_evaluate,
+        "export": check_export,
+        "synthesize": check_synthesize,
+    }.items()
 }

@@ -13,6 +13,7 @@ import functools
 import logging
 import os
 import re
+import shlex
 import shutil
 import sys
 import traceback
@@ -23,15 +24,25 @@ from typing import Any, NoReturn
 import hydra
 from hydra import compose, initialize_config_dir
 from hydra._internal.utils import get_args_parser
+from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.errors import HydraException, MissingConfigException
+from hydra.core.override_parser.types import Override, ValueType
+from hydra.errors import HydraException, MissingConfigException, OverrideParseException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
+from omegaconf.errors import (
+    ConfigAttributeError,
+    ConfigKeyError,
+    ConfigTypeError,
+    InterpolationKeyError,
+    InterpolationResolutionError,
+    OmegaConfBaseException,
+    ValidationError,
+)
 
 from unetseg import sweep
-from unetseg.checks import CHECKS
+from unetseg.checks import CHECKS, check_device_here
 from unetseg.config import register_schemas, to_typed
 from unetseg.io.atomic import write_text_atomic
 from unetseg.io.claims import folder_in_use
@@ -60,6 +71,10 @@ def _override_variants(command: str, overrides: list[str], multirun: bool) -> li
     parsed = OverridesParser.create().parse_overrides(overrides)
     sweeps = [o for o in parsed if o.is_sweep_override()]
     if sweeps and not multirun:
+        for o in sweeps:  # a comma in a path is the likelier reading than a sweep over paths without -m
+            advice = quoting_advice(o.input_line or "") if o.value_type == ValueType.SIMPLE_CHOICE_SWEEP else None
+            if advice:
+                raise UserError(advice)
         line = sweeps[0].input_line
         raise UserError(f"{line} is a sweep: add -m to run one job per value (unetseg {command} -m {line})")
 
@@ -115,8 +130,20 @@ def describe_config_error(command: str, error: Exception, base_cfg: DictConfig |
         if "could not be converted to" in message or "Invalid value" in message:
             message += f"; see the expected types with: unetseg {command} --cfg job"
         return f"{full_key}: {message}" if full_key else message
+    if isinstance(cause, InterpolationResolutionError):
+        full_key = str(getattr(cause, "full_key", "") or "")
+        message = str(cause).splitlines()[0]
+        fix = "fix the ${...} in its value, or quote the value and write \\${ for a literal ${"
+        return f"{full_key}: {message}; {fix}"
+    if isinstance(cause, ConfigTypeError) and "does not support deletion" in str(cause):
+        key = str(getattr(cause, "full_key", "") or "")
+        return f"~{key}: {key} is required and cannot be deleted; set it instead ({key}=VALUE)"
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     if lines and lines[0].startswith("Ambiguous value for argument"):
+        match = re.search(r"Ambiguous value for argument '(.*)'", lines[0])
+        advice = quoting_advice(match.group(1)) if match else None
+        if advice:
+            return advice
         return lines[0].rstrip(".") + ": add -m to sweep over the values, or quote a list as key=[a,b]"
     return " ".join(lines[:2]) if lines else type(error).__name__
 
@@ -141,11 +168,88 @@ def _dotted_keys(cfg: DictConfig, prefix: str = "") -> set[str]:
     return keys
 
 
-def describe_parse_error(message: str) -> str:
+def describe_parse_error(message: str, override: str | None = None) -> str:
+    """One line for an override Hydra's grammar cannot read; ``override`` is the one it failed on."""
     match = re.search(r"Error parsing override '([^']*)'", message)
     if match and "missing EQUAL" in message:
         return f"'{match.group(1)}' is not an override: write KEY=VALUE or GROUP=OPTION (e.g. model=transposed)"
-    return " ".join(message.split("See https://")[0].split())
+    advice = quoting_advice(override, any_value=True) if override else None
+    if advice:
+        return advice
+    reason = " ".join(message.split("See https://")[0].split())
+    if override is None:
+        return reason
+    if reason.startswith("LexerNoViableAltException"):
+        reason = "a character it cannot read"
+    reason = reason.replace(f"Error parsing override '{override}' ", "")
+    return (
+        f"{override}: Hydra cannot read this override ({reason}); quote a value that holds special characters, "
+        "e.g. 'KEY=\"VALUE\"' or 'KEY=[a,\"b (1)\"]'"
+    )
+
+
+# Quoting advice: Hydra's override grammar reads these characters as syntax in an unquoted value (a comma makes
+# a sweep, "${" an interpolation); non-ASCII letters it cannot read at all. Quoted, a value may hold any of them.
+_UNQUOTED_SYNTAX = frozenset("!\"#&'(),;<=>[]^`{}~")
+PATH_KEYS = frozenset(
+    {
+        "input",
+        "output",
+        "checkpoint",
+        "labels",
+        "runs_root",
+        "data.root",
+        "data.val_root",
+        "trainer.resume",
+        "hydra.run.dir",
+        "hydra.sweep.dir",
+    }
+)
+PATH_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp", ".pt", ".pth", ".onnx", ".yaml", ".yml")
+
+
+def _first_unquotable(value: str) -> str | None:
+    """The first character (or "${") of ``value`` that Hydra cannot read unquoted; None if it reads it all."""
+    for index, char in enumerate(value):
+        if value.startswith("${", index):
+            return "${"
+        if char in _UNQUOTED_SYNTAX or not char.isascii():
+            return char
+    return None
+
+
+def hydra_quoted(override: str) -> str:
+    """``KEY=VALUE`` as Hydra reads it with any characters in VALUE, ready to paste into a POSIX shell:
+    ``'KEY="VALUE"'``, with Hydra's escapes (``\\"``, ``\\${``, backslashes before a quote doubled)."""
+    head, _, value = override.partition("=")
+    value = value.replace("${", "\\${")
+    value = re.sub(r'(\\*)("|$)', lambda m: m.group(1) * 2 + ("\\" + m.group(2) if m.group(2) else ""), value)
+    return shlex.quote(f'{head}="{value}"')
+
+
+def quoting_advice(override: str, any_value: bool = False) -> str | None:
+    """For ``KEY=VALUE`` whose value looks like a path (or any plain value with ``any_value``) and holds characters
+    Hydra cannot read unquoted: one line saying which, and the quoted form to type. None otherwise."""
+    match = re.fullmatch(r"(\+\+|\+|~)?([^=]+)=(.*)", override, re.DOTALL)
+    if not match:
+        return None
+    key, value = match.group(2).strip(), match.group(3).strip()
+    if not value or value[0] in "'\"[{":  # quoted already, or a list or dict: not a single value to quote
+        return None
+    path_like = key in PATH_KEYS or "/" in value or "\\" in value or value.lower().endswith(PATH_SUFFIXES)
+    bad = _first_unquotable(value)
+    if bad is None or not (path_like or (any_value and not re.match(r"[-+.\d]", value))):  # no "1e-3)" as text
+        return None
+    what = "the path" if path_like else "the value"
+    if bad == ",":
+        reason = 'Hydra reads "," unquoted as a list of values to sweep over'
+    elif bad == "${":
+        reason = 'Hydra reads "${" as an interpolation'
+        what += ' (a quoted "\\${" stays as typed)'
+    else:
+        shown = f"'{bad}'" if bad == '"' else f'"{bad}"'
+        reason = f"Hydra cannot read {shown} unquoted in a value"
+    return f"{override}: {reason}; quote {what}: {hydra_quoted(override)}"
 
 
 def preflight(command: str, overrides: list[str], multirun: bool) -> None:
@@ -154,38 +258,104 @@ def preflight(command: str, overrides: list[str], multirun: bool) -> None:
         try:
             variants = _override_variants(command, overrides, multirun)
         except HydraException as error:
-            raise UserError(describe_parse_error(str(error))) from None
-        base_cfg = None
+            override = error.override if isinstance(error, OverrideParseException) else None
+            raise UserError(describe_parse_error(str(error), override)) from None
+        base_cfg = compose(command)
+        refuse_deletions_and_null_groups(command, OverridesParser.create().parse_overrides(overrides), base_cfg)
         for variant in variants:
             try:
-                base_cfg = base_cfg or compose(command)
                 cfg = compose(command, overrides=variant)
                 typed = to_typed(cfg)
-            except (HydraException, OmegaConfBaseException) as error:
-                raise UserError(describe_config_error(command, error, base_cfg)) from None
+            except (HydraException, OmegaConfBaseException, ValueError) as error:
+                advice = _quoting_advice_for(error, variant)
+                raise UserError(advice or describe_config_error(command, error, base_cfg)) from None
             extra = sorted(_dotted_keys(cfg) - _dotted_keys(OmegaConf.structured(typed)))
             if extra:
                 raise UserError(
                     f"{extra[0]}: no such key in the schema; see the valid keys with unetseg {command} --cfg job"
                 )
             CHECKS[command](typed)
+            if not multirun:  # a sweep's jobs may run on other machines (Slurm): each checks its own device
+                check_device_here(typed)
         if not multirun:
-            run_dir = user_path(compose(command, overrides=variants[0], return_hydra_config=True).hydra.run.dir)
-            check_run_folder(command, run_dir, typed)
+            # Unresolved: resolving would make this process's run stamp now (and export it to every child).
+            run = compose(command, overrides=variants[0], return_hydra_config=True).hydra.run
+            check_run_folder(command, str(OmegaConf.to_container(run, resolve=False)["dir"]), typed)
 
 
-def check_run_folder(command: str, run_dir: Path, typed: Any) -> None:
-    """Before Hydra makes the run folder and writes its .hydra/ files there: a folder that cannot be made is one
-    line, not Hydra's traceback; and for train, a folder that another command is writing, or that holds a
-    training run this one does not resume, is refused (so nothing of that run is touched)."""
+def _quoting_advice_for(error: Exception, variant: list[str]) -> str | None:
+    """Quoting advice when composing failed on a path Hydra misread (an unquoted "${" or ","), else None. A
+    resolver that failed (``${oc.env:DATA}`` unset) was meant as one: its own message says more."""
+    if isinstance(error, InterpolationResolutionError) and not isinstance(error, InterpolationKeyError):
+        return None
+    text = f"{error} {error.__cause__ or ''}"
+    full_key = str(getattr(error, "full_key", "") or getattr(error.__cause__, "full_key", "") or "")
+    for line in variant:
+        advice = quoting_advice(line)
+        key = line.lstrip("+~").partition("=")[0]
+        if advice and (line in text or key == full_key):
+            return advice
+    return None
+
+
+def refuse_deletions_and_null_groups(command: str, parsed: list[Override], base_cfg: DictConfig) -> None:
+    """``~KEY`` and ``GROUP=null``: every key of unetseg's schema is required (Hydra's own errors for these
+    say neither why nor what to write instead). Deleting an optional group (``~experiment``) is fine."""
+    loader = GlobalHydra.instance().config_loader()
+    keys = _dotted_keys(base_cfg)
+    for override in parsed:
+        key = override.key_or_group
+        options = sorted(loader.get_group_options(key))
+        choices = ", ".join(f"{key}={option}" for option in options)
+        deletes = override.is_delete() and key.split(".")[0].split("/")[0] != "hydra"  # hydra.*: Hydra checks
+        if deletes and key in keys:
+            if options:
+                raise UserError(
+                    f"{override.input_line}: the {key} group is required and cannot be deleted; choose "
+                    f"an option instead: {choices}"
+                )
+            null = f", or {key}=null" if _is_optional(base_cfg, key) else ""
+            raise UserError(
+                f"{override.input_line}: {key} is required and cannot be deleted; set it instead: {key}=VALUE{null} "
+                f"(its default: unetseg {command} --cfg job)"
+            )
+        if deletes and not options:
+            close = closest_key(key, _keys_under(base_cfg, key), sorted(keys))
+            hint = f"did you mean {close}? " if close else ""
+            raise UserError(f"{override.input_line}: no such key to delete; {hint}see unetseg {command} --cfg job")
+        if not override.is_delete() and options and not override.is_sweep_override() and override.value() is None:
+            raise UserError(
+                f"{override.input_line}: {key} is a config group and takes an option, not null; choose one of: "
+                f"{choices} (or leave {key} out for its default)"
+            )
+
+
+def _is_optional(cfg: DictConfig, key: str) -> bool:
+    """Whether the schema lets ``key`` be null."""
+    try:
+        node: Any = cfg
+        for part in key.split("."):
+            node = node._get_node(part)
+        return bool(node._is_optional())
+    except Exception:  # not a node of cfg
+        return False
+
+
+def check_run_folder(command: str, pattern: str, typed: Any) -> None:
+    """Before Hydra makes the run folder (``pattern``: hydra.run.dir, unresolved) and writes its .hydra/ files
+    there: a folder that cannot be made is one line, not Hydra's traceback; and for train, a fixed
+    hydra.run.dir= that another command is writing, or that holds a training run this one does not resume, is
+    refused (so nothing of that run is touched). A name made at the start (time and process id) is new."""
+    fixed, made, _ = pattern.partition("${")
+    run_dir = user_path(fixed or ".")
     existing = next(folder for folder in [run_dir, *run_dir.parents] if folder.exists())
     if not os.access(existing, os.W_OK | os.X_OK):
         why = "the file system is read-only" if _read_only(existing) else "permission denied"
         raise UserError(
-            f"cannot make the run folder {run_dir}: {why} in {existing}; run from a folder you can write to, "
+            f"cannot make the run folder in {existing}: {why}; run from a folder you can write to, "
             "or set hydra.run.dir=path/to/run"
         )
-    if command != "train":
+    if command != "train" or made:
         return
     holder = folder_in_use(run_dir)
     if holder:

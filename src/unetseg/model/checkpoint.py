@@ -316,10 +316,34 @@ def find_checkpoint(
     newest ``checkpoints/<name>`` under ``runs_root`` (said on the console, after ``why``). Under torchrun
     rank 0 chooses and every rank takes its choice, so that a run finishing meanwhile cannot split them."""
     if given:
-        return user_path(given)
+        return checkpoint_in(given, name)
     path = Path(str(broadcast_from_main(str(newest_checkpoint(user_path(runs_root), name, exclude)))))
     console.print(f"{why}: using the newest {name} under {runs_root}, {path}")
     return path
+
+
+def checkpoint_in(given: str, name: str = "best.pt", key: str = "checkpoint") -> Path:
+    """``checkpoint=`` (or ``key=``) as given: a file is itself; a training run folder (or its checkpoints/
+    folder) means its ``checkpoints/<name>`` (said on the console); a folder without one is one line saying what
+    was looked for."""
+    path = user_path(given)
+    if not path.is_dir():
+        return path  # a file, or nothing there: load_checkpoint says which
+    for candidate in (path / "checkpoints" / name, path / name):
+        if candidate.is_file():
+            console.print(f"{key}={given} is a folder: using its {candidate.relative_to(path)}, {candidate}")
+            return candidate
+    jobs = sorted(path.glob(f"*/checkpoints/{name}"), key=lambda job: job.parts[-3])
+    if jobs:
+        hint = f"; it holds {len(jobs)} runs (a sweep?): give one of them, e.g. {key}={jobs[0].parents[1]}"
+    else:
+        others = sorted(p.name for p in (path / "checkpoints").glob("*.pt")) if (path / "checkpoints").is_dir() else []
+        which = "that file" if len(others) == 1 else "one of them"
+        hint = f"; it has checkpoints/{', checkpoints/'.join(others)}: give {which}" if others else ""
+    raise UserError(
+        f"{key}={given} is a folder without {path / 'checkpoints' / name}: give a training run folder "
+        f"(outputs/train/RUN) or a .pt file{hint}"
+    )
 
 
 def newest_checkpoint(runs_root: Path, name: str = "best.pt", exclude: Path | None = None) -> Path:

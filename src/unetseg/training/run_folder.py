@@ -16,8 +16,10 @@ def refuse_to_train_into(run_dir: Path, resume: str | None) -> None:
     held = [name for name in RUN_FILES if (run_dir / name).exists()]
     if not held:
         return
-    if resume not in (None, "auto") and run_dir.resolve() in user_path(resume).parents:
-        return
+    if resume not in (None, "auto"):
+        resumed = user_path(resume)  # last.pt in this folder, or the folder itself
+        if run_dir.resolve() in (resumed, *resumed.parents):
+            return
     raise UserError(
         f"{run_dir} already holds a training run ({held[0]}): choose another hydra.run.dir, or resume that run "
         f"with trainer.resume={run_dir / 'checkpoints' / 'last.pt'}"

@@ -32,7 +32,7 @@ from unetseg.data.targets import INTERIOR
 from unetseg.io.atomic import copy_atomic, write_text_atomic
 from unetseg.io.strict_json import to_json
 from unetseg.model import build_network, count_parameters
-from unetseg.model.checkpoint import Checkpoint, load_checkpoint, newest_checkpoints, save_checkpoint
+from unetseg.model.checkpoint import Checkpoint, checkpoint_in, load_checkpoint, newest_checkpoints, save_checkpoint
 from unetseg.objects.instances import InstanceRule, resolve_rule
 from unetseg.runtime.console import console, progress_bars
 from unetseg.runtime.device import resolve_device
@@ -237,7 +237,7 @@ class Trainer:
         if t.resume == "auto":
             path, checkpoint = self.newest_resumable()
         else:
-            path = user_path(t.resume)
+            path = checkpoint_in(t.resume, "last.pt", "trainer.resume")  # a file, or a run folder
             checkpoint = load_checkpoint(path)
             problem = self.why_not_resumable(checkpoint)
             if problem:
