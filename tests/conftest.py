@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
@@ -14,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 
+from forked_cli import ForkedCli
 from unetseg.config import LossName, ModelSpec
 from unetseg.data.normalize import PercentileNormalizer
 from unetseg.data.synthetic import synthetic_pair
@@ -62,17 +65,28 @@ def _trained_checkpoint(num_classes: int) -> Checkpoint:
     return Checkpoint(model.state_dict(), spec, normalizer, names, 0.5, 1, {})
 
 
+_forked: ForkedCli | None = None
+
+
 def run_cli(
     *args: str, cwd: Path, timeout: float = 300, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess:
-    """``python -m unetseg ARGS`` in ``cwd``, output captured as text."""
+    """The CLI with ARGS in ``cwd``, in a process of its own, output captured as text: forked from a server that
+    imported unetseg once (tests/forked_cli.py, 2 s less per call), or ``python -m unetseg`` itself when the test
+    sets ``env`` (PYTHONPATH and thread counts act only when an interpreter starts)."""
+    global _forked
+    if env is None:
+        if _forked is None:
+            _forked = ForkedCli(Path(tempfile.mkdtemp(prefix="unetseg-forked-cli-")))
+            atexit.register(_forked.close)
+        return _forked.run(*args, cwd=cwd, env={"COLUMNS": "200"}, timeout=timeout)
     return subprocess.run(
         [sys.executable, "-m", "unetseg", *args],
         cwd=cwd,
         capture_output=True,
         text=True,
         timeout=timeout,
-        env={**os.environ, "COLUMNS": "200", **(env or {})},
+        env={**os.environ, "COLUMNS": "200", **env},
     )
 
 

@@ -2,14 +2,14 @@
 evaluate and export. Each case asserts a non-zero exit, no traceback, one line naming the key or file (its
 fragments), and that no file was created or changed anywhere, the run folder included (it is removed).
 
-Each case runs ``unetseg.cli.main`` in a process of its own, forked from a server that imported unetseg once
-(tests/forked_cli.py): the same code path as ``python -m unetseg``, at a third of the time per case."""
+Like every CLI run of the tests (conftest.run_cli), each case runs ``unetseg.cli.main`` in a process of its own,
+forked from a server that imported unetseg once (tests/forked_cli.py)."""
 
 from __future__ import annotations
 
 import math
 import pickle
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +20,6 @@ import tifffile
 import torch
 
 from conftest import TINY, assert_one_line_error, run_cli, write_dataset
-from forked_cli import ForkedCli
 from test_image_limits import bomb_png, bomb_tiff
 from unetseg.config import ModelSpec
 from unetseg.data.normalize import PercentileNormalizer
@@ -526,13 +525,6 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return ws
 
 
-@pytest.fixture(scope="module")
-def cli(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ForkedCli]:
-    server = ForkedCli(tmp_path_factory.mktemp("forked-cli"))
-    yield server
-    server.close()
-
-
 def snapshot(folder: Path) -> dict[str, tuple[int, int] | None]:
     """Every file (size, modification time) and folder under ``folder``."""
     return {
@@ -549,7 +541,7 @@ def test_the_table_covers_every_kind_of_input() -> None:
 
 
 @pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
-def test_bad_input_is_one_line_and_changes_nothing(case: Case, workspace: Path, cli: ForkedCli, tmp_path: Path) -> None:
+def test_bad_input_is_one_line_and_changes_nothing(case: Case, workspace: Path, tmp_path: Path) -> None:
     here = tmp_path / "case"
     here.mkdir()
     if case.make is not None:
@@ -559,7 +551,7 @@ def test_bad_input_is_one_line_and_changes_nothing(case: Case, workspace: Path, 
     def fill(text: str) -> str:
         return text.replace("{ws}", str(workspace)).replace("{here}", str(here))
 
-    result = cli.run(*[fill(arg) for arg in case.args], cwd=here)
+    result = run_cli(*[fill(arg) for arg in case.args], cwd=here)
     assert_one_line_error(result, *[fill(fragment) for fragment in case.fragments])
     assert result.returncode == 2
     assert "HOSTILE CODE RAN" not in result.stdout + result.stderr

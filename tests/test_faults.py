@@ -303,3 +303,18 @@ def test_resume_auto_takes_the_newest_run_of_the_same_experiment(workdir: Path) 
     assert f"continuing {workdir / 'auto' / 'older' / 'checkpoints' / 'last.pt'}" in " ".join(resumed.stdout.split())
     none = run_cli("train", *auto, "trainer.epochs=2", "optim.lr=0.5", cwd=workdir)
     assert_one_line_error(none, "trainer.resume=auto: none of the", "is an unfinished run of this experiment")
+
+
+def test_a_full_disk_in_predict_is_one_line_and_leaves_whole_files(
+    workdir: Path, checkpoint: Path, small_disk: Path
+) -> None:
+    inputs = write_dataset(workdir / "to-fill", count=30, size=96) / "image"
+    (small_disk / "filler").write_bytes(b"\0" * (4 * 1024 * 1024 - 40 * 1024))  # room for about ten masks
+    result = run_cli(
+        "predict", f"input={inputs}", f"checkpoint={checkpoint}", f"output={small_disk / 'masks'}", cwd=workdir
+    )
+    assert_one_line_error(result, "no space left on the device (", str(small_disk / "masks"), "write elsewhere")
+    assert result.returncode == 1
+    written = sorted((small_disk / "masks").iterdir())
+    assert not [p for p in written if not p.name.endswith(".png")]  # no temporary, no lock file left
+    assert all(cv2.imread(str(p), cv2.IMREAD_UNCHANGED).shape == (96, 96) for p in written)
