@@ -6,28 +6,48 @@ from __future__ import annotations
 import errno
 import json
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
-from torch.utils.data import RandomSampler
+from torch.utils.data import DataLoader, Dataset
 
 from unetseg.io.atomic import atomic_open, write_text_atomic
-from unetseg.io.claims import LOCK_NAME, claim_folder, folder_in_use, remove_stale_temporaries
+from unetseg.io.claims import LOCK_NAME, claim_folder, folder_in_use
 from unetseg.io.strict_json import to_json
 from unetseg.runtime.errors import UserError, describe_out_of_memory, describe_storage_error
 from unetseg.training.fingerprint import difference
-from unetseg.training.loader import SkippingSampler
+from unetseg.training.loader import EpochOrder
 from unetseg.training.run_folder import refuse_to_train_into
+
+CLAIM_FROM_ANOTHER_PROCESS = """
+import sys
+from pathlib import Path
+from unetseg.io.claims import claim_folder
+from unetseg.runtime.errors import UserError
+try:
+    claim_folder(Path(sys.argv[1]), "predict", "choose another output=")
+except UserError as error:
+    print(error)
+"""
 
 
 def test_a_claimed_folder_refuses_a_second_claim_naming_the_holder(tmp_path: Path) -> None:
     folder = tmp_path / "masks"
     with claim_folder(folder, "predict", "choose another output="):
         assert (folder / LOCK_NAME).is_file()
-        assert "unetseg predict (process" in (folder_in_use(folder) or "")
-        with pytest.raises(UserError, match=r"masks is in use by another unetseg predict \(process \d+ on .*choose"):
-            claim_folder(folder, "predict", "choose another output=")
+        assert f"unetseg predict (process {os.getpid()}" in (folder_in_use(folder) or "")
+        other = subprocess.run(
+            [sys.executable, "-c", CLAIM_FROM_ANOTHER_PROCESS, str(folder)], capture_output=True, text=True
+        )
+        assert f"masks is in use by another unetseg predict (process {os.getpid()} on " in other.stdout
+        assert "choose another output=" in other.stdout
+        with claim_folder(folder, "predict", "x") as again:  # this process holds it already: a no-op claim
+            assert again.handle is None
+        assert (folder / LOCK_NAME).is_file()  # still held
     assert folder_in_use(folder) is None
     assert not folder.exists()  # made by the claim, left empty: removed with it
 
@@ -42,16 +62,30 @@ def test_a_released_claim_keeps_a_folder_with_outputs_and_leaves_no_lock(tmp_pat
 
 
 def test_a_claim_removes_what_a_killed_writer_left_and_nothing_else(tmp_path: Path) -> None:
+    gone = _a_finished_process()
     (tmp_path / "checkpoints").mkdir()
-    orphan = tmp_path / "checkpoints" / ".last.pt.k2j4_x9a.tmp"
+    orphan = tmp_path / "checkpoints" / f".last.pt.{gone}.k2j4_x9a.tmp"
     orphan.write_bytes(b"half a checkpoint")
-    keep = [tmp_path / "notes.tmp", tmp_path / ".hidden.tmp", tmp_path / "checkpoints" / "last.pt"]
+    keep = [
+        tmp_path / "notes.tmp",
+        tmp_path / ".hidden.tmp",
+        tmp_path / "checkpoints" / "last.pt",
+        tmp_path / f".best.pt.{os.getpid()}.abcdefgh.tmp",  # a live writer's
+    ]
     for path in keep:
         path.write_bytes(b"user data")
-    with claim_folder(tmp_path, "train", "x") as claim:
-        assert claim.stale_removed == 1
+    with claim_folder(tmp_path / "other", "predict", "x"):  # another command's folder: not ours to clean
+        (tmp_path / "other" / f".0.png.{gone}.abcdefgh.tmp").write_bytes(b"theirs")
+        with claim_folder(tmp_path, "train", "x") as claim:
+            assert claim.stale_removed == 1
+        assert (tmp_path / "other" / f".0.png.{gone}.abcdefgh.tmp").exists()
     assert not orphan.exists() and all(path.exists() for path in keep)
-    assert remove_stale_temporaries(tmp_path) == 0
+
+
+def _a_finished_process() -> int:
+    process = subprocess.Popen(["true"])
+    process.wait()
+    return process.pid
 
 
 def test_an_atomic_write_that_fails_names_the_target_and_leaves_no_temporary(tmp_path: Path) -> None:
@@ -88,13 +122,38 @@ def test_json_outputs_are_strict() -> None:
     }
 
 
-def test_the_skipping_sampler_resumes_the_same_permutation() -> None:
-    data = list(range(10))
-    whole = SkippingSampler(RandomSampler(data, generator=torch.Generator().manual_seed(7)))
-    resumed = SkippingSampler(RandomSampler(data, generator=torch.Generator().manual_seed(7)))
-    resumed.skip = 4
-    assert list(resumed) == list(whole)[4:]
-    assert len(resumed) == 10 and resumed.skip == 0  # the skip is for one epoch only
+def test_an_epoch_order_is_the_shuffling_of_earlier_versions_and_skips_once() -> None:
+    shuffled = torch.Generator().manual_seed(7)
+    earlier = [int(i) for i in DataLoader(list(range(10)), batch_size=1, shuffle=True, generator=shuffled)]
+    order = EpochOrder(10)
+    order.seed, order.skip = 7, 4
+    assert list(order) == earlier[4:]  # checkpoints of earlier versions resume to the same numbers
+    assert list(order) == earlier and len(order) == 10  # the skip is for one epoch only
+
+
+class Numbers(Dataset):
+    def __len__(self) -> int:
+        return 8
+
+    def __getitem__(self, index: int) -> int:
+        return index
+
+
+def test_a_resume_mid_epoch_with_persistent_workers_takes_the_remaining_batches() -> None:
+    def batches(epochs: list[int], skip_steps: int = 0) -> list[list[list[int]]]:
+        generator, order = torch.Generator(), EpochOrder(8)
+        loader = DataLoader(
+            Numbers(), batch_size=2, sampler=order, num_workers=1, persistent_workers=True, generator=generator
+        )
+        seen = []
+        for epoch in epochs:
+            generator.manual_seed(epoch)
+            order.seed, order.skip = epoch, (skip_steps * 2 if epoch == epochs[0] else 0)
+            seen.append([batch.tolist() for batch in loader])
+        return seen
+
+    straight = batches([1, 2])
+    assert batches([2], skip_steps=1) == [straight[1][1:]]
 
 
 def test_a_different_setting_or_data_is_named() -> None:

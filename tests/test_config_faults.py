@@ -21,7 +21,8 @@ from conftest import assert_one_line_error, run_cli, trained_checkpoint
 from unetseg.checks import CHECKS, MAX_SEED, SYNTHETIC_SIZES
 from unetseg.config import register_schemas, to_typed
 from unetseg.model.checkpoint import find_checkpoint, save_checkpoint
-from unetseg.runner import hydra_quoted, preflight, quoting_advice
+from unetseg.overrides import hydra_quoted, quoting_advice
+from unetseg.runner import preflight
 from unetseg.runtime.errors import UserError
 from unetseg.runtime.paths import config_dir, register_resolvers
 

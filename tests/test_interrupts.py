@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from unetseg.runtime.interrupts import interrupts_between_steps, stop_if_interrupted
+from unetseg.runtime.interrupts import Interrupted, interrupts_between_steps, stop_if_interrupted
 
 
 def ctrl_c() -> None:
@@ -21,14 +21,19 @@ def test_the_first_ctrl_c_waits_for_the_check_and_the_second_raises_at_once() ->
     with pytest.raises(KeyboardInterrupt), interrupts_between_steps():
         ctrl_c()  # only a request: the "step" goes on
         finished_step = True
-        with pytest.raises(KeyboardInterrupt):
-            ctrl_c()  # a second Ctrl-C does not wait
+        with pytest.raises(Interrupted) as second:
+            ctrl_c()  # a second Ctrl-C does not wait ...
+        assert not second.value.safe  # ... so nothing may be saved from where it landed
         assert finished_step
-        stop_if_interrupted()
+        with pytest.raises(Interrupted) as first:
+            stop_if_interrupted()
+        assert first.value.safe and first.value.exit_status == 130
+        raise first.value
     assert signal.getsignal(signal.SIGINT) is before  # Python's own handling is back
     stop_if_interrupted()  # and nothing is left pending
 
 
-def test_a_ctrl_c_after_the_last_check_still_stops() -> None:
-    with pytest.raises(KeyboardInterrupt), interrupts_between_steps():
+def test_a_ctrl_c_after_the_last_check_lets_the_finished_work_end() -> None:
+    with interrupts_between_steps():
         ctrl_c()
+    stop_if_interrupted()  # nothing pending after the block

@@ -27,6 +27,7 @@ RANKS = {
     "checks": 7,
     "reporting": 7,
     "sweep": 8,
+    "overrides": 8,
     "runner": 9,
     "commands": 10,
     "cli": 11,

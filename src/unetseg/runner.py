@@ -13,11 +13,11 @@ import functools
 import logging
 import os
 import re
-import shlex
 import shutil
 import sys
 import traceback
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -45,8 +45,9 @@ from unetseg import sweep
 from unetseg.checks import CHECKS, check_device_here
 from unetseg.config import register_schemas, to_typed
 from unetseg.io.atomic import write_text_atomic
-from unetseg.io.claims import folder_in_use
+from unetseg.io.claims import LOCK_NAME, claim_folder, folder_in_use
 from unetseg.io.strict_json import to_json
+from unetseg.overrides import quoting_advice
 from unetseg.runtime import distributed
 from unetseg.runtime.console import console, print_error
 from unetseg.runtime.errors import (
@@ -188,72 +189,9 @@ def describe_parse_error(message: str, override: str | None = None) -> str:
     )
 
 
-# Quoting advice: Hydra's override grammar reads these characters as syntax in an unquoted value (a comma makes
-# a sweep, "${" an interpolation); non-ASCII letters it cannot read at all. Quoted, a value may hold any of them.
-_UNQUOTED_SYNTAX = frozenset("!\"#&'(),;<=>[]^`{}~")
-PATH_KEYS = frozenset(
-    {
-        "input",
-        "output",
-        "checkpoint",
-        "labels",
-        "runs_root",
-        "data.root",
-        "data.val_root",
-        "trainer.resume",
-        "hydra.run.dir",
-        "hydra.sweep.dir",
-    }
-)
-PATH_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp", ".pt", ".pth", ".onnx", ".yaml", ".yml")
-
-
-def _first_unquotable(value: str) -> str | None:
-    """The first character (or "${") of ``value`` that Hydra cannot read unquoted; None if it reads it all."""
-    for index, char in enumerate(value):
-        if value.startswith("${", index):
-            return "${"
-        if char in _UNQUOTED_SYNTAX or not char.isascii():
-            return char
-    return None
-
-
-def hydra_quoted(override: str) -> str:
-    """``KEY=VALUE`` as Hydra reads it with any characters in VALUE, ready to paste into a POSIX shell:
-    ``'KEY="VALUE"'``, with Hydra's escapes (``\\"``, ``\\${``, backslashes before a quote doubled)."""
-    head, _, value = override.partition("=")
-    value = value.replace("${", "\\${")
-    value = re.sub(r'(\\*)("|$)', lambda m: m.group(1) * 2 + ("\\" + m.group(2) if m.group(2) else ""), value)
-    return shlex.quote(f'{head}="{value}"')
-
-
-def quoting_advice(override: str, any_value: bool = False) -> str | None:
-    """For ``KEY=VALUE`` whose value looks like a path (or any plain value with ``any_value``) and holds characters
-    Hydra cannot read unquoted: one line saying which, and the quoted form to type. None otherwise."""
-    match = re.fullmatch(r"(\+\+|\+|~)?([^=]+)=(.*)", override, re.DOTALL)
-    if not match:
-        return None
-    key, value = match.group(2).strip(), match.group(3).strip()
-    if not value or value[0] in "'\"[{":  # quoted already, or a list or dict: not a single value to quote
-        return None
-    path_like = key in PATH_KEYS or "/" in value or "\\" in value or value.lower().endswith(PATH_SUFFIXES)
-    bad = _first_unquotable(value)
-    if bad is None or not (path_like or (any_value and not re.match(r"[-+.\d]", value))):  # no "1e-3)" as text
-        return None
-    what = "the path" if path_like else "the value"
-    if bad == ",":
-        reason = 'Hydra reads "," unquoted as a list of values to sweep over'
-    elif bad == "${":
-        reason = 'Hydra reads "${" as an interpolation'
-        what += ' (a quoted "\\${" stays as typed)'
-    else:
-        shown = f"'{bad}'" if bad == '"' else f'"{bad}"'
-        reason = f"Hydra cannot read {shown} unquoted in a value"
-    return f"{override}: {reason}; quote {what}: {hydra_quoted(override)}"
-
-
-def preflight(command: str, overrides: list[str], multirun: bool) -> None:
-    """Compose and check every variant of the overrides; raise UserError on the first problem."""
+def preflight(command: str, overrides: list[str], multirun: bool) -> Path | None:
+    """Compose and check every variant of the overrides; raise UserError on the first problem. Returns the run
+    folder a single training run names with hydra.run.dir= (for the runner to claim before Hydra writes there)."""
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3", job_name=command):
         try:
             variants = _override_variants(command, overrides, multirun)
@@ -280,7 +218,8 @@ def preflight(command: str, overrides: list[str], multirun: bool) -> None:
         if not multirun:
             # Unresolved: resolving would make this process's run stamp now (and export it to every child).
             run = compose(command, overrides=variants[0], return_hydra_config=True).hydra.run
-            check_run_folder(command, str(OmegaConf.to_container(run, resolve=False)["dir"]), typed)
+            return check_run_folder(command, str(OmegaConf.to_container(run, resolve=False)["dir"]), typed)
+    return None
 
 
 def _quoting_advice_for(error: Exception, variant: list[str]) -> str | None:
@@ -341,7 +280,7 @@ def _is_optional(cfg: DictConfig, key: str) -> bool:
         return False
 
 
-def check_run_folder(command: str, pattern: str, typed: Any) -> None:
+def check_run_folder(command: str, pattern: str, typed: Any) -> Path | None:
     """Before Hydra makes the run folder (``pattern``: hydra.run.dir, unresolved) and writes its .hydra/ files
     there: a folder that cannot be made is one line, not Hydra's traceback; and for train, a fixed
     hydra.run.dir= that another command is writing, or that holds a training run this one does not resume, is
@@ -356,11 +295,12 @@ def check_run_folder(command: str, pattern: str, typed: Any) -> None:
             "or set hydra.run.dir=path/to/run"
         )
     if command != "train" or made:
-        return
+        return None
     holder = folder_in_use(run_dir)
     if holder:
         raise UserError(f"hydra.run.dir={run_dir} is in use by {holder}: wait for it, or choose another hydra.run.dir")
     refuse_to_train_into(run_dir, typed.trainer.resume)
+    return run_dir
 
 
 def _read_only(folder: Path) -> bool:
@@ -421,7 +361,7 @@ def guarded(command: str, task: Task) -> Callable[[DictConfig], dict[str, Any] |
 def _remove_if_empty_run(run_dir: Path) -> None:
     """A run stopped by bad input before producing anything leaves no folder behind (only Hydra's
     .hydra/ and an almost empty log would be in it)."""
-    if run_dir.is_dir() and all(p.name == ".hydra" or p.suffix == ".log" for p in run_dir.iterdir()):
+    if run_dir.is_dir() and all(p.name in (".hydra", LOCK_NAME) or p.suffix == ".log" for p in run_dir.iterdir()):
         shutil.rmtree(run_dir, ignore_errors=True)
         # ... nor the outputs/<command>/ folders Hydra made for it, when nothing else is in them
         launch = Path.cwd()
@@ -473,13 +413,21 @@ def run_command(command: str, task: Task, argv: list[str]) -> NoReturn:
         )
         sys.exit(EXIT_USER_ERROR)
     asks_hydra = args.help or args.hydra_help or args.shell_completion or args.info or args.cfg
+    fixed_run_dir = None
     if not asks_hydra:
         try:
-            preflight(command, args.overrides, args.multirun)
+            fixed_run_dir = preflight(command, args.overrides, args.multirun)
         except UserError as error:
             print_error(command, str(error))
             sys.exit(EXIT_USER_ERROR)
     world = distributed.init_from_environment()
+    claim: AbstractContextManager[object] = nullcontext()
+    if fixed_run_dir is not None and world.is_main:  # claimed before Hydra writes its .hydra/ files there
+        try:
+            claim = claim_folder(fixed_run_dir, command, "choose another hydra.run.dir")
+        except UserError as error:
+            print_error(command, str(error))
+            sys.exit(EXIT_USER_ERROR)
     if world.distributed:  # torchrun: one run directory for all ranks; only rank 0 prints and logs
         share_run_stamp(str(distributed.broadcast_from_main(run_stamp())))
         if not world.is_main:
@@ -487,7 +435,8 @@ def run_command(command: str, task: Task, argv: list[str]) -> NoReturn:
             argv = [*argv, "hydra.output_subdir=null", "hydra/job_logging=disabled"]
     sys.argv = [sys.argv[0], *argv]
     sweep.reset()
-    hydra.main(config_path=config_dir(), config_name=command, version_base="1.3")(guarded(command, task))()
+    with claim:
+        hydra.main(config_path=config_dir(), config_name=command, version_base="1.3")(guarded(command, task))()
     # Leave the process group together: a rank that tears down gloo while another still uses it aborts.
     # (On an error the rank exits above and torchrun stops the others.)
     distributed.barrier()

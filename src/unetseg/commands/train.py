@@ -19,6 +19,7 @@ from unetseg.config import TrainConfig
 from unetseg.io.atomic import write_text_atomic
 from unetseg.io.claims import claim_folder
 from unetseg.io.strict_json import to_json
+from unetseg.overrides import hydra_quoted, quoting_advice
 from unetseg.reporting.run_report import write_run_report
 from unetseg.runner import run_command
 from unetseg.runtime.console import config_tree, console
@@ -87,18 +88,24 @@ def train(cfg: TrainConfig, run_dir: Path) -> dict[str, Any]:
 
 
 def resume_command(checkpoint: Path) -> str:
-    """This command line again, resuming from ``checkpoint`` (in the same run folder if one was given)."""
+    """This command line again, resuming from ``checkpoint`` (in the same run folder if one was given), ready to
+    paste into a shell: the path quoted for Hydra too where its grammar needs it (``(``, ``,``, spaces...)."""
     given = HydraConfig.get().overrides
     overrides = [o for o in given.task if not o.startswith("trainer.resume=")]
     overrides += [o for o in given.hydra if o.startswith("hydra.run.dir=")]
-    return shlex.join(["unetseg", "train", *overrides, f"trainer.resume={checkpoint}"])
+    resume = f"trainer.resume={checkpoint}"
+    quoted = hydra_quoted(resume) if quoting_advice(resume) else shlex.quote(resume)
+    return f"{shlex.join(['unetseg', 'train', *overrides])} {quoted}"
 
 
 def resume_advice(trainer: Trainer) -> str:
     """The line a stopped training ends with: what was kept and the exact command that goes on."""
     checkpoint = trainer.interrupted_checkpoint
     if checkpoint is None:
-        return "nothing new was saved (trainer.save_last=false, or no step had finished)"
+        last = trainer.checkpoint_dir / "last.pt"
+        if trainer.cfg.trainer.save_last and last.is_file():  # torchrun, or no step of this run had finished
+            return f"{last} keeps the last finished epoch; go on with: {resume_command(last)}"
+        return "nothing to resume from was saved (trainer.save_last=false, or no epoch had finished)"
     command = resume_command(checkpoint)
     where = f"epoch {trainer.epoch}, step {trainer.steps_done} of {len(trainer.loader)}"
     return f"{checkpoint} keeps the run as of {where}; go on with: {command}"

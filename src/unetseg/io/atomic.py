@@ -32,7 +32,8 @@ def atomic_open(path: Path, durable: bool = False) -> Iterator[BinaryIO]:
     that a power cut leaves the old file or the new one, never an empty one (checkpoints, metrics.json).
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # The writer's process id in the name: only a dead writer's temporaries are cleaned (unetseg.io.claims).
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
     os.close(fd)
     try:
         with open(tmp, "wb") as handle:  # by name, not fd: writers such as tifffile want handle.name

@@ -6,8 +6,9 @@ it dies (SIGKILL, a power cut), so a killed run never leaves a stale claim that 
 The lock file also says who holds it (command, process id, host, start time), for the refusal message. Not
 guaranteed: network file systems without working locks (some NFS set-ups) let both writers through.
 
-When the claim is taken, temporary files that an earlier, killed writer left behind (``.NAME.XXXXXXXX.tmp``,
-see :func:`unetseg.io.atomic.atomic_open`) are removed: nobody else can be writing them now.
+When the claim is taken, temporary files that an earlier, killed writer left behind (``.NAME.PID.XXXXXXXX.tmp``,
+see :func:`unetseg.io.atomic.atomic_open`) are removed: those whose writer process is gone, outside subfolders
+that another command has claimed.
 """
 
 from __future__ import annotations
@@ -24,20 +25,30 @@ from typing import TextIO
 
 from unetseg.runtime.errors import UserError
 
-LOCK_NAME = ".unetseg.lock"
-# atomic_open's temporary names: "." + target name + "." + 8 random characters (tempfile) + ".tmp"
-_TEMPORARY = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$")
+LOCK_NAME = ".unetseg-claim.lock"
+_HELD: set[Path] = set()  # the folders this process has claimed
+# atomic_open's temporary names: "." + target name + "." + writer's pid + "." + 8 random characters + ".tmp"
+_TEMPORARY = re.compile(r"^\..+\.(\d+)\.[A-Za-z0-9_]{8}\.tmp$")
 
 
 class FolderClaim:
     """An exclusive claim on ``folder`` (made if missing); :meth:`release` gives it up and removes the lock
-    file, and the folder too if the command made it and left nothing in it."""
+    file, and the folder too if the command made it and left nothing in it. Claiming a folder this process
+    holds already is a claim that changes nothing (the runner claims a training's fixed run folder before Hydra
+    writes there; the command's own claim is then that one)."""
 
     def __init__(self, folder: Path, command: str, fix: str) -> None:
         self.folder = folder
         self.lock_path = folder / LOCK_NAME
+        self.key = folder.resolve()
+        self.handle: TextIO | None = None
+        self.stale_removed = 0
+        self.created = False
+        if self.key in _HELD:
+            return
         self.created = not folder.exists()
         self.handle = _acquire(folder, self.lock_path, command, fix)
+        _HELD.add(self.key)
         self.stale_removed = remove_stale_temporaries(folder)
 
     def release(self) -> None:
@@ -46,6 +57,7 @@ class FolderClaim:
         self.lock_path.unlink(missing_ok=True)  # while still locked: a newcomer re-checks the inode
         self.handle.close()
         self.handle = None
+        _HELD.discard(self.key)
         if self.created:
             with contextlib.suppress(OSError):  # only if empty
                 self.folder.rmdir()
@@ -130,10 +142,25 @@ def _describe_holder(text: str) -> str:
 
 
 def remove_stale_temporaries(folder: Path) -> int:
-    """Delete atomic-write temporaries under ``folder`` (left by a killed writer); returns how many."""
+    """Delete the atomic-write temporaries under ``folder`` whose writer is gone (killed mid-write), leaving
+    subfolders another command has claimed alone; returns how many were deleted."""
     removed = 0
-    for path in folder.rglob(".*.tmp"):
-        if _TEMPORARY.match(path.name) and path.is_file():
-            path.unlink(missing_ok=True)
-            removed += 1
+    for root, subfolders, files in os.walk(folder):
+        subfolders[:] = [name for name in subfolders if folder_in_use(Path(root) / name) is None]
+        for name in files:
+            match = _TEMPORARY.match(name)
+            if match and not _alive(int(match.group(1))):
+                (Path(root) / name).unlink(missing_ok=True)
+                removed += 1
     return removed
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this machine (a claim is of one machine: see the module's note)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True

@@ -26,10 +26,11 @@ class Interrupted(KeyboardInterrupt):
     """A stop at a safe point, asked for by ``signum``; ``detail`` is the one line the CLI prints (what was
     kept, how to go on), set by the command that knows it."""
 
-    def __init__(self, signum: int, detail: str = "") -> None:
+    def __init__(self, signum: int, detail: str = "", safe: bool = True) -> None:
         super().__init__(signum)
         self.signum = signum
         self.detail = detail
+        self.safe = safe  # raised at a safe point (False: a second signal, raised wherever the program was)
 
     @property
     def exit_status(self) -> int:
@@ -42,7 +43,7 @@ class Interrupted(KeyboardInterrupt):
 
 def _on_signal(signum: int, frame: FrameType | None) -> None:
     if _received:  # the second signal: do not wait for the safe point
-        raise Interrupted(signum)
+        raise Interrupted(signum, safe=False)
     _received.append(signum)
 
 
@@ -56,8 +57,7 @@ def interrupts_between_steps() -> Iterator[None]:
     _received.clear()
     previous = {signum: signal.signal(signum, _on_signal) for signum in HANDLED}
     try:
-        yield
-        stop_if_interrupted()  # a signal after the last check still counts
+        yield  # a signal after the last safe point lets the work that is done finish as it would have
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)

@@ -9,21 +9,27 @@ first key that differs, or the data.
 from __future__ import annotations
 
 import hashlib
+import math
 from typing import Any
 
 import numpy as np
+import torch
 from omegaconf import OmegaConf
 
 from unetseg.config import TrainConfig
 from unetseg.data.dataset import LabelledImages
 from unetseg.tracking.loggers import flatten
 
-# Keys a resumed run may set differently: how long it trains, what it resumes, where it runs and reports, and
-# how it is watched. data.root is left out because the data digest compares the data itself: the same
-# folder reached by another path is the same data.
+# Keys a resumed run may set differently: how long it trains and when it stops early, what it resumes, where
+# it runs, keeps and reports, and how it is watched. data.root and data.val_root are left out because the
+# data digest compares the data itself (the same folder reached by another path is the same data), and
+# data.max_pixels because it is a guard, not a setting of the experiment.
 FREE_KEYS = frozenset(
     {
         "trainer.epochs",
+        "trainer.early_stopping",
+        "trainer.save_last",
+        "trainer.device",
         "trainer.resume",
         "trainer.workers",
         "trainer.loggers",
@@ -34,6 +40,8 @@ FREE_KEYS = frozenset(
         "runs_root",
         "verbose",
         "data.root",
+        "data.val_root",
+        "data.max_pixels",
     }
 )
 
@@ -64,17 +72,47 @@ def fingerprint(cfg: TrainConfig, train: LabelledImages, val: LabelledImages) ->
 def difference(stored: dict[str, Any], current: dict[str, Any]) -> str | None:
     """What differs between a checkpoint's fingerprint and this run's, in words; None if nothing does."""
     before, now = stored.get("config", {}), current["config"]
+    # Keys that only one side knows came or went with a version of unetseg: not a difference of the experiment.
     # A chosen option (optim.name) explains the keys it brings along (optim.betas): name it first.
     differing = sorted(
-        (key for key in set(before) | set(now) if before.get(key) != now.get(key)),
+        (key for key in set(before) & set(now) if before[key] != now[key]),
         key=lambda key: (not key.endswith(".name"), key),
     )
     if differing:
-        shown = [
-            f"{key}={before.get(key, '(not set)')} there, {now.get(key, '(not set)')} here" for key in differing[:2]
-        ]
+        shown = [f"{key}={before[key]} there, {now[key]} here" for key in differing[:2]]
         more = f" and {len(differing) - 2} more" if len(differing) > 2 else ""
         return "; ".join(shown) + more
     if stored.get("data") != current["data"]:
         return "other data (the images or labels differ)"
+    return None
+
+
+# What last.pt's training state holds, and the type of each part (fingerprint and epoch_progress: optional).
+_STATE_PARTS: dict[str, type] = {
+    "optimizer": dict,
+    "scaler": dict,
+    "schedule": dict,
+    "monitor": dict,
+    "best": dict,
+    "torch_rng": torch.Tensor,
+}
+
+
+def training_state_problem(state: dict[str, Any]) -> str | None:
+    """What is wrong with a checkpoint's training state (an edited or damaged file), or None."""
+    if not isinstance(state, dict):
+        return f"a {type(state).__name__}, not a dict"
+    for key, kind in _STATE_PARTS.items():
+        if not isinstance(state.get(key), kind):
+            return f"no {key}" if key not in state else f"{key} is a {type(state[key]).__name__}"
+    stored = state.get("fingerprint")
+    if stored is not None and not (
+        isinstance(stored, dict) and isinstance(stored.get("config"), dict) and isinstance(stored.get("data"), str)
+    ):
+        return "its fingerprint is not a config and a data digest"
+    progress = state.get("epoch_progress")
+    if progress is not None:
+        steps, loss_sum = (progress.get("steps"), progress.get("loss_sum")) if isinstance(progress, dict) else (0, 0)
+        if not (isinstance(steps, int) and steps >= 0 and isinstance(loss_sum, float) and math.isfinite(loss_sum)):
+            return "its position inside the epoch is not a step count and a finite loss"
     return None

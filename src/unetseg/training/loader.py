@@ -6,7 +6,7 @@ import os
 from collections.abc import Iterator
 
 import torch
-from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Sampler
+from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from unetseg.config import TrainConfig
 from unetseg.data.dataset import LabelledImages, SegmentationDataset
@@ -35,52 +35,63 @@ def training_loader(
         )
     dataset = SegmentationDataset(train, t.seed, d.augment, d.patch_size, d.samples_per_epoch)
     # Under torchrun each rank trains on its share of every epoch (trainer.batch_size per rank).
-    order: Sampler[int] = RandomSampler(dataset, generator=generator)
-    if world.distributed:
-        order = DistributedSampler(dataset, world.size, world.rank, shuffle=True, seed=t.seed)
+    shares = (
+        DistributedSampler(dataset, world.size, world.rank, shuffle=True, seed=t.seed) if world.distributed else None
+    )
     on_gpu = device.type == "cuda"
     # The data is already decoded in memory; worker processes only pay off when they feed a GPU.
     workers = t.workers if t.workers is not None else (min(4, os.cpu_count() or 1) if on_gpu else 0)
     return DataLoader(
         dataset,
         batch_size=t.batch_size,
-        sampler=SkippingSampler(order),
+        sampler=EpochOrder(len(dataset), shares),
         num_workers=workers,
         persistent_workers=workers > 0,
         generator=generator,
         pin_memory=on_gpu,
         # A trailing 1-image batch skews BatchNorm statistics; never drop a rank's only batch.
-        drop_last=len(order) > t.batch_size,  # type: ignore[arg-type]
+        drop_last=(len(shares) if shares is not None else len(dataset)) > t.batch_size,
     )
 
 
-class SkippingSampler(Sampler[int]):
-    """``order``'s indices, without the first ``skip`` of them in the next epoch: a run resumed in the middle
-    of an epoch draws the same permutation and goes on with the batch after the last one it trained on
-    (batches are consecutive indices, so skipping steps × batch size indices skips exactly those steps)."""
+class EpochOrder(Sampler[int]):
+    """The order of an epoch's samples: a permutation that depends on (seed, epoch) alone (or, under torchrun,
+    this rank's share), without the first ``skip`` indices: a run resumed in the middle of an epoch goes on with
+    the batch after the last one it trained on (batches are consecutive indices, so skipping steps × batch
+    size indices skips exactly those steps).
 
-    def __init__(self, order: Sampler[int]) -> None:
-        self.order = order
-        self.skip = 0
+    The permutation has a generator of its own: the DataLoader draws its workers' base seed from the loader's
+    generator only when a (persistent) worker pool starts, which a resumed run does in another epoch.
+    """
+
+    def __init__(self, size: int, shares: DistributedSampler | None = None) -> None:
+        self.size, self.shares = size, shares
+        self.seed, self.skip = 0, 0
 
     def __iter__(self) -> Iterator[int]:
-        indices, skip = iter(self.order), self.skip
-        self.skip = 0  # only once: the next epoch is whole
-        for position, index in enumerate(indices):
-            if position >= skip:
-                yield index
+        if self.shares is not None:
+            indices = list(self.shares)
+        else:
+            generator = torch.Generator().manual_seed(self.seed)
+            # The draw the DataLoader made from the same generator before the permutation had its own: orders
+            # stay those of earlier versions (whose checkpoints resume to the same numbers).
+            torch.empty((), dtype=torch.int64).random_(generator=generator)
+            indices = torch.randperm(self.size, generator=generator).tolist()
+        skip, self.skip = self.skip, 0  # only once: the next epoch is whole
+        return iter(indices[skip:])
 
     def __len__(self) -> int:
-        return len(self.order)  # type: ignore[arg-type]
+        return len(self.shares) if self.shares is not None else self.size
 
 
 def start_epoch(loader: DataLoader, generator: torch.Generator, seed: int, epoch: int, skip_steps: int = 0) -> None:
     """Shuffling and augmentation depend on (seed, epoch) only, so a resumed run repeats them; ``skip_steps``:
     the steps of this epoch that a run interrupted in its middle has already trained."""
     loader.dataset.set_epoch(epoch)  # type: ignore[attr-defined]
-    generator.manual_seed(seed * 1_000_003 + epoch)
-    sampler = loader.sampler
-    assert isinstance(sampler, SkippingSampler)
-    if isinstance(sampler.order, DistributedSampler):
-        sampler.order.set_epoch(epoch)
-    sampler.skip = skip_steps * (loader.batch_size or 1)
+    generator.manual_seed(seed * 1_000_003 + epoch)  # the workers' base seed
+    order = loader.sampler
+    assert isinstance(order, EpochOrder)
+    order.seed = seed * 1_000_003 + epoch
+    if order.shares is not None:
+        order.shares.set_epoch(epoch)
+    order.skip = skip_steps * (loader.batch_size or 1)

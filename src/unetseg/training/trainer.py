@@ -10,11 +10,12 @@ live in one step of their own, so a variant changes one step.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,9 +37,9 @@ from unetseg.model.checkpoint import Checkpoint, checkpoint_in, load_checkpoint,
 from unetseg.objects.instances import InstanceRule, resolve_rule
 from unetseg.runtime.console import console, progress_bars
 from unetseg.runtime.device import resolve_device
-from unetseg.runtime.distributed import all_reduce_sum, broadcast_buffers, current_world
+from unetseg.runtime.distributed import all_reduce_sum, broadcast_buffers, broadcast_from_main, current_world
 from unetseg.runtime.errors import UserError
-from unetseg.runtime.interrupts import Interrupted, stop_if_interrupted
+from unetseg.runtime.interrupts import Interrupted, interrupt_requested, stop_if_interrupted
 from unetseg.runtime.paths import user_path
 from unetseg.runtime.precision import choose_fast_path, maybe_compile
 from unetseg.scoring.names import AP50, DICE, LOSS, PIXEL_ERROR, RAND_ERROR, dice_of, lower_is_better, validation_scores
@@ -48,7 +49,7 @@ from unetseg.tracking.history import read_history
 from unetseg.tracking.loggers import Loggers
 from unetseg.tracking.pictures import panels, positive_class, thumbnail
 from unetseg.training.border_weights import border_weight_map
-from unetseg.training.fingerprint import difference, fingerprint
+from unetseg.training.fingerprint import difference, fingerprint, training_state_problem
 from unetseg.training.loader import start_epoch, training_loader
 from unetseg.training.losses import WEIGHTED, compute_loss
 from unetseg.training.monitor import Monitor
@@ -129,8 +130,9 @@ class Trainer:
                     self.on_epoch_end(metrics)
                     if self.should_stop_early():
                         break
-            except Interrupted:
-                self.on_interrupted()
+            except Interrupted as stop:
+                if stop.safe:  # a second signal lands anywhere, mid-step too: nothing from there is saved
+                    self.on_interrupted()
                 raise
         return self.on_train_end()
 
@@ -234,8 +236,10 @@ class Trainer:
         t = self.cfg.trainer
         if t.resume is None:
             return None
-        if t.resume == "auto":
-            path, checkpoint = self.newest_resumable()
+        if t.resume == "auto":  # rank 0 chooses for every rank: a run finishing meanwhile must not split them
+            chosen = self.newest_resumable() if self.world.is_main else None
+            path = Path(str(broadcast_from_main(str(chosen[0]) if chosen else None)))
+            checkpoint = chosen[1] if chosen else load_checkpoint(path)
         else:
             path = checkpoint_in(t.resume, "last.pt", "trainer.resume")  # a file, or a run folder
             checkpoint = load_checkpoint(path)
@@ -251,6 +255,15 @@ class Trainer:
         epochs = self.cfg.trainer.epochs
         if checkpoint.training_state is None:
             return "it has no training state to resume from: use the run's checkpoints/last.pt"
+        damaged = training_state_problem(checkpoint.training_state)
+        if damaged:
+            return f"its training state is damaged ({damaged}): resume from another last.pt, or train again"
+        progress = checkpoint.training_state.get("epoch_progress")
+        if progress and progress.get("world_size", 1) != self.world.size:
+            return (
+                f"it was stopped inside epoch {checkpoint.epoch + 1} by a run of {progress.get('world_size', 1)} "
+                f"process(es), and this run has {self.world.size}: resume it with as many"
+            )
         stored = checkpoint.training_state.get("fingerprint")
         if stored is None:  # written before fingerprints: the network at least must match
             if checkpoint.model != self.spec:
@@ -304,10 +317,18 @@ class Trainer:
         (metrics.jsonl and best.pt) so this run directory tells the whole story."""
         state = resumed.training_state
         assert state is not None and self.resumed_from is not None
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scaler.load_state_dict(state["scaler"])
-        self.schedule.load_state_dict(state["schedule"])
-        torch.set_rng_state(state["torch_rng"])
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scaler.load_state_dict(state["scaler"])
+            self.schedule.load_state_dict(state["schedule"])
+            torch.set_rng_state(state["torch_rng"])
+            monitor = Monitor.from_state(state["monitor"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as error:  # an edited file: the fingerprint matched
+            raise UserError(
+                f"trainer.resume={self.resumed_from}: its training state does not fit this run "
+                f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else 'no detail'}): "
+                "resume from another last.pt, or train again"
+            ) from None
         if self.world.is_main:
             source_run = self.resumed_from.parent.parent
             self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
@@ -315,7 +336,7 @@ class Trainer:
                 copy_atomic(self.resumed_from.parent / "best.pt", self.checkpoint_dir / "best.pt")
             self.carry_over_history(source_run / "metrics.jsonl", resumed.epoch)
         console.print(f"resuming from {self.resumed_from} after epoch {resumed.epoch}")
-        self.monitor, self.best = Monitor.from_state(state["monitor"]), dict(state["best"])
+        self.monitor, self.best = monitor, dict(state["best"])
         self.epoch, self.first_epoch = resumed.epoch, resumed.epoch + 1
         progress = state.get("epoch_progress")
         if progress:  # stopped between two steps of epoch first_epoch
@@ -351,7 +372,7 @@ class Trainer:
         check_every = 1 if self.device.type == "cpu" else 10
         first = self.skip_steps + 1
         self.steps_done, self.epoch_loss_sum, self.skip_steps, self.skipped_loss = first - 1, loss_sum, 0, 0.0
-        for step, (images, labels, weights) in enumerate(self.loader, start=first):
+        for step, (images, labels, weights) in self.batches(first):
             loss = self.train_step(images, labels, weights)
             loss_sum += loss
             global_step = (self.epoch - 1) * len(self.loader) + step
@@ -366,6 +387,22 @@ class Trainer:
         # One reduction per epoch.
         totals = all_reduce_sum(torch.stack([loss_sum, torch.tensor(float(len(self.loader)), device=self.device)]))
         return (totals[0] / totals[1].clamp(min=1)).item()
+
+    def batches(self, first: int) -> Iterator[tuple[int, Any]]:
+        """The epoch's batches, numbered from step ``first``. A signal sent to the whole job (SLURM's scancel)
+        also ends the DataLoader's worker processes, which the loader reports as a RuntimeError: with a stop
+        asked for, that is the stop (at a safe point: no step of this batch has begun)."""
+        loader = iter(self.loader)
+        for step in itertools.count(first):
+            try:
+                batch = next(loader)
+            except StopIteration:
+                return
+            except RuntimeError as error:
+                if interrupt_requested() and "DataLoader worker" in str(error):
+                    stop_if_interrupted()
+                raise
+            yield step, batch
 
     def refuse_non_finite(self, loss_sum: float, step: int) -> None:
         """Stop at once when the training loss is no longer a number: the weights are lost to NaN, and
@@ -426,12 +463,14 @@ class Trainer:
             return
         if self.epoch < self.first_epoch:  # stopped before the first step of this run: last.pt is still right
             return
-        epoch, state = self.epoch, self.training_state()
-        state["epoch_progress"] = {"steps": self.steps_done, "loss_sum": self.epoch_loss_sum.item()}
-        self.epoch = epoch - 1  # the epochs completed; the progress says how far into the next one
+        loss_sum = self.epoch_loss_sum.item()
+        if not math.isfinite(loss_sum):  # (on a GPU the loss is read every 10 steps): keep the last good one
+            return
+        state = self.training_state()
+        state["epoch_progress"] = {"steps": self.steps_done, "loss_sum": loss_sum, "world_size": self.world.size}
         path = self.checkpoint_dir / "last.pt"
-        save_checkpoint(self.checkpoint(state), path)
-        self.epoch = epoch
+        # epoch: the epochs completed; the progress says how far into the next one
+        save_checkpoint(self.checkpoint(state, epoch=self.epoch - 1), path)
         self.interrupted_checkpoint = path
 
     def save_checkpoints(self, improved: bool) -> None:
@@ -525,14 +564,14 @@ class Trainer:
             "image_sizes": sorted(sizes),
         }
 
-    def checkpoint(self, training_state: dict[str, Any] | None = None) -> Checkpoint:
+    def checkpoint(self, training_state: dict[str, Any] | None = None, epoch: int | None = None) -> Checkpoint:
         return Checkpoint(
             state_dict={k: v.detach().cpu() for k, v in self.model.state_dict().items()},
             model=self.spec,
             normalization=self.normalizer,
             class_names=self.class_names,
             threshold=self.cfg.trainer.threshold,
-            epoch=self.epoch,
+            epoch=self.epoch if epoch is None else epoch,
             metrics=self.last,
             target=self.cfg.data.target.value,
             boundary_width=self.cfg.data.boundary_width,
