@@ -3,7 +3,6 @@ and a torch Dataset that augments deterministically (same seed, epoch and index 
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from unetseg.data.synthetic import synthetic_sample
 from unetseg.io.images import read_image, read_label
 from unetseg.io.limits import DEFAULT_MAX_PIXELS, PixelLimit, read_header
 from unetseg.runtime.errors import UserError
+from unetseg.runtime.memory import available_memory
 from unetseg.runtime.paths import user_path
 
 
@@ -78,48 +78,6 @@ def decoded_bytes(pixels: int, channels: int, instance_pixels: int = 0, weighted
     loss weights), and 4 more (the int32 instance map) for each of the ``instance_pixels`` whose label file is
     an instance map: 9 bytes per grey pixel with instance maps or a weighted loss, 5 without, 13 with both."""
     return pixels * (4 * channels + 1 + (4 if weighted else 0)) + 4 * instance_pixels
-
-
-def _meminfo_available() -> int | None:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (AttributeError, ValueError, OSError):
-        return None
-
-
-def _cgroup_room() -> int | None:
-    """What this process's memory cgroup (a container, a SLURM job) still lets it take, counting reclaimable
-    page cache (inactive_file) as free; None without a limit."""
-    for folder, limit_file, usage_file in (
-        (Path("/sys/fs/cgroup"), "memory.max", "memory.current"),  # cgroup v2
-        (Path("/sys/fs/cgroup/memory"), "memory.limit_in_bytes", "memory.usage_in_bytes"),  # v1
-    ):
-        try:
-            limit_text = (folder / limit_file).read_text().strip()
-            if limit_text == "max" or int(limit_text) >= 1 << 60:  # v1 writes "no limit" as a huge number
-                continue
-            used = int((folder / usage_file).read_text())
-            stat = dict(line.split() for line in (folder / "memory.stat").read_text().splitlines() if " " in line)
-            reclaimable = int(stat.get("inactive_file", stat.get("total_inactive_file", 0)))
-            return max(0, int(limit_text) - used + reclaimable)
-        except (OSError, ValueError):
-            continue
-    return None
-
-
-def available_memory() -> int | None:
-    """Bytes of memory this process can still take: MemAvailable (/proc/meminfo; else the free pages), or
-    less where a cgroup limit leaves less; None when neither can be read."""
-    free, room = _meminfo_available(), _cgroup_room()
-    if free is None or room is None:
-        return free if room is None else room
-    return min(free, room)
 
 
 def _amount(value: float, units: tuple[str, ...]) -> str:

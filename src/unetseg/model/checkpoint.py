@@ -349,15 +349,13 @@ def checkpoint_in(given: str, name: str = "best.pt", key: str = "checkpoint") ->
 def newest_checkpoint(runs_root: Path, name: str = "best.pt", exclude: Path | None = None) -> Path:
     """The most recently written ``checkpoints/<name>`` of any training run (or sweep job) under
     ``runs_root``, leaving out the run directory ``exclude`` (the one being written now)."""
-    candidates = list(runs_root.glob(f"**/checkpoints/{name}")) if runs_root.is_dir() else []
-    if exclude is not None:
-        candidates = [path for path in candidates if exclude.resolve() not in path.resolve().parents]
+    candidates = newest_checkpoints(runs_root, name, exclude)
     if not candidates:
         raise UserError(
             f"no training run with checkpoints/{name} under {runs_root}: train one first (unetseg train) "
             f"or give the path to a {name} explicitly"
         )
-    return max(candidates, key=lambda path: path.stat().st_mtime_ns)
+    return candidates[0]
 
 
 def newest_checkpoints(runs_root: Path, name: str, exclude: Path | None = None) -> list[Path]:
