@@ -32,6 +32,7 @@ def images(count: int, size: int | tuple[int, int], seed: int = 0) -> list[np.nd
     return [crop[None, :height, :width] for crop in crops]
 
 
+@pytest.mark.slow  # 8 s: in make test, not in the inner loop
 @pytest.mark.parametrize("num_classes", [1, 3])
 def test_a_batch_of_images_gives_what_one_by_one_gives(num_classes: int) -> None:
     predictor = Predictor(trained_checkpoint(num_classes), FP32, tiling=Tiling(tile=128, batch_size=4))

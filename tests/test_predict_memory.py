@@ -69,6 +69,7 @@ def test_streamed_classes_equal_the_whole_map_decision(num_classes: int, tile: i
     assert np.array_equal(result.normalised_rows(slice(10, 20)), predictor.normalise(image)[:, 10:20])
 
 
+@pytest.mark.slow  # 6 s: in make test, not in the inner loop
 def test_segment_keeps_no_full_size_float_copy() -> None:
     """numpy reports its allocations to tracemalloc: a 1024² 8-bit image must be predicted in less than
     one float32 copy of it (4 MiB): no normalised or padded float copy, no float32 probability map. What
