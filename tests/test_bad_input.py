@@ -449,6 +449,53 @@ CASES = [
         ["bad.pt", "holds NaN or infinite values"],
         edited_checkpoint(nan_weight),
     ),
+    # hostile paths and files (found by trying them)
+    Case(
+        "checkpoint is a link to itself",
+        [*PREDICT[:2], "checkpoint=self.pt"],
+        ["self.pt is a symbolic link that leads back to itself"],
+        lambda here, ws: (here / "self.pt").symlink_to("self.pt"),
+    ),
+    Case("checkpoint is a device", [*PREDICT[:2], "checkpoint=/dev/null"], ["/dev/null is not a regular file"]),
+    Case(
+        "a folder where a mask goes",
+        [*PREDICT, "output=masks", "overwrite=true"],
+        ["masks/0.png is a folder where an output file goes"],
+        write("masks/0.png/keep.txt", b"a folder, not a mask"),
+    ),
+    Case(
+        "complex pixels",
+        ["predict", "input=p", "checkpoint={ws}/good.pt", "output=masks"],
+        ["c.tif has complex pixels (complex64)"],
+        lambda here, ws: (here / "p").mkdir() or tifffile.imwrite(here / "p" / "c.tif", np.zeros((8, 8), np.complex64)),
+    ),
+    Case(
+        "a TIFF without pages",
+        ["predict", "input=p/z.tif", "checkpoint={ws}/good.pt", "output=masks"],
+        ["z.tif is a TIFF without pages"],
+        write("p/z.tif", b"II*\0\0\0\0\0"),
+    ),
+    Case(
+        "a broken link among the inputs",
+        ["predict", "input=p/image", "checkpoint={ws}/good.pt", "output=masks"],
+        ["z.png is a broken or looping link"],
+        several(
+            lambda here, ws: write_dataset(here / "p", count=2, size=32),
+            lambda here, ws: (here / "p" / "image" / "z.png").symlink_to("/nonexistent/z.png"),
+        ),
+    ),
+    Case(
+        "a run folder in the image folder",
+        ["train", *DATA, "hydra.run.dir=d/image"],
+        ["is among the training data (data.root=d)"],
+        data,
+    ),
+    Case(
+        "run folder is a file",
+        ["train", *TINY, "hydra.run.dir=afile"],
+        ["afile is a file, not a folder"],
+        write("afile", b"x"),
+    ),
     # predict
     Case("input is the data root", ["predict", "input={ws}/d"], ["no images", "use input={ws}/d/image"]),
     Case("glob without matches", ["predict", "input=nothing/*.tif"], ["input=nothing/*.tif matches no images"]),

@@ -184,3 +184,9 @@ def test_running_out_of_memory_is_one_line_with_what_to_lower() -> None:
         assert message is not None and message.startswith("out of memory") and "data.patch_size" in message
         assert "\n" not in message
     assert describe_out_of_memory(RuntimeError("size mismatch for outc.weight")) is None
+
+
+def test_an_atomic_write_takes_a_name_as_long_as_the_file_system_allows(tmp_path: Path) -> None:
+    target = tmp_path / f"{'c' * 250}.png"  # 254 characters: the temporary's name must not exceed 255
+    write_text_atomic(target, "mask")
+    assert target.read_text() == "mask" and len(list(tmp_path.iterdir())) == 1

@@ -37,3 +37,12 @@ def test_a_ctrl_c_after_the_last_check_lets_the_finished_work_end() -> None:
     with interrupts_between_steps():
         ctrl_c()
     stop_if_interrupted()  # nothing pending after the block
+
+
+def test_sighup_and_sigterm_are_requests_too() -> None:
+    for signum, status in ((signal.SIGTERM, 143), (signal.SIGHUP, 129)):  # SIGHUP: the ssh session closed
+        with pytest.raises(Interrupted) as stop, interrupts_between_steps():
+            os.kill(os.getpid(), signum)
+            time.sleep(0.05)
+            stop_if_interrupted()
+        assert stop.value.exit_status == status and stop.value.safe

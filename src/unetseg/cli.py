@@ -88,6 +88,9 @@ def main(argv: list[str] | None = None) -> None:
                 f"unetseg {command}: stopped by {stop.name}{f'; {stop.detail}' if stop.detail else ''}", file=sys.stderr
             )
             sys.exit(stop.exit_status)
+        except BrokenPipeError:  # `unetseg ... | head`: the reader left; the work is done, the rest is not read
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+            sys.exit(141)  # 128 + SIGPIPE, as a shell reports a command its reader left
         except KeyboardInterrupt:  # Ctrl-C elsewhere: one line, not a traceback; every file is written atomically
             print(f"unetseg {command}: interrupted; the files already written are complete", file=sys.stderr)
             sys.exit(130)

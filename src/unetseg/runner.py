@@ -44,6 +44,7 @@ from omegaconf.errors import (
 from unetseg import sweep
 from unetseg.checks import CHECKS, check_device_here
 from unetseg.config import register_schemas, to_typed
+from unetseg.data.pairing import FOLDER_PAIRS
 from unetseg.io.atomic import write_text_atomic
 from unetseg.io.claims import LOCK_NAME, claim_folder, folder_in_use
 from unetseg.io.strict_json import to_json
@@ -288,6 +289,8 @@ def check_run_folder(command: str, pattern: str, typed: Any) -> Path | None:
     fixed, made, _ = pattern.partition("${")
     run_dir = user_path(fixed or ".")
     existing = next(folder for folder in [run_dir, *run_dir.parents] if folder.exists())
+    if not existing.is_dir():
+        raise UserError(f"hydra.run.dir: {existing} is a file, not a folder; choose a folder for the run")
     if not os.access(existing, os.W_OK | os.X_OK):
         why = "the file system is read-only" if _read_only(existing) else "permission denied"
         raise UserError(
@@ -300,6 +303,16 @@ def check_run_folder(command: str, pattern: str, typed: Any) -> Path | None:
     if holder:
         raise UserError(f"hydra.run.dir={run_dir} is in use by {holder}: wait for it, or choose another hydra.run.dir")
     refuse_to_train_into(run_dir, typed.trainer.resume)
+    # A run folder in an image or label folder would become training data (and break the pairing next time).
+    data_folders = {name for pair in FOLDER_PAIRS for name in pair} | {typed.data.image_dir, typed.data.label_dir}
+    for key in ("root", "val_root"):
+        root = getattr(typed.data, key)
+        inside = run_dir.relative_to(user_path(root)).parts if root and user_path(root) in run_dir.parents else ()
+        if root and (run_dir == user_path(root) or (inside and inside[0] in data_folders)):
+            raise UserError(
+                f"hydra.run.dir={run_dir} is among the training data (data.{key}={root}): keep runs out of the "
+                "data, choose another hydra.run.dir"
+            )
     return run_dir
 
 

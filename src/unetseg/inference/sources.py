@@ -76,6 +76,8 @@ def open_source(path: Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Imag
         tif = open_tiff(path)
         if tif is not None:
             with tif:
+                if not tif.pages:
+                    raise UserError(f"{path} is a TIFF without pages: nothing to predict; replace or remove it")
                 source = ImageSource(path, len(tif.pages), tiff=True, limit=limit)
                 for index, page in enumerate(tif.pages):
                     limit.check(page_header(page), source.page_name(index))

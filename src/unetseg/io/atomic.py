@@ -33,7 +33,8 @@ def atomic_open(path: Path, durable: bool = False) -> Iterator[BinaryIO]:
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     # The writer's process id in the name: only a dead writer's temporaries are cleaned (unetseg.io.claims).
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
+    # (At most 200 characters of the name: with the rest, it stays within the 255 a file name may have.)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name[:200]}.{os.getpid()}.", suffix=".tmp")
     os.close(fd)
     try:
         with open(tmp, "wb") as handle:  # by name, not fd: writers such as tifffile want handle.name
@@ -102,6 +103,9 @@ def refuse_to_overwrite(paths: Sequence[Path], overwrite: bool) -> None:
     """The one overwrite check: outputs that exist are replaced only with overwrite=true. Called before any
     slow work, so that a refusal comes at once."""
     existing = [path for path in paths if path.exists()]
+    folders = [path for path in existing if path.is_dir()]
+    if folders:  # not even overwrite=true replaces a folder with a file
+        raise UserError(f"{folders[0]} is a folder where an output file goes: move it, or choose another output=")
     if not existing or overwrite:
         return
     if len(paths) == 1:

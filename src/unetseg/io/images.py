@@ -27,8 +27,23 @@ def natural_key(path: Path) -> list[object]:
 
 
 def list_images(folder: Path) -> list[Path]:
-    """Image files directly inside ``folder`` (not recursive), in natural order."""
-    files = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+    """Image files directly inside ``folder`` (not recursive), in natural order. An entry with an image's name
+    that cannot be read as a file (a dangling or looping link, a pipe, a device) is an error, not skipped: a
+    set silently one image short is worse than a stop (a folder named like an image is not an image: skipped)."""
+    files = []
+    for path in folder.iterdir():
+        if path.suffix.lower() not in IMAGE_SUFFIXES:
+            continue
+        try:
+            if path.is_dir():
+                continue
+            regular = path.is_file()
+        except OSError:  # a symbolic link loop
+            regular = False
+        if not regular:
+            what = "a broken or looping link" if path.is_symlink() else "not a regular file (a pipe or a device?)"
+            raise UserError(f"{path} is {what}: fix it or move it out of {folder}")
+        files.append(path)
     return sorted(files, key=natural_key)
 
 

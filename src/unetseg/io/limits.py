@@ -136,7 +136,9 @@ _CHECK_ELEMENTS = 1 << 22  # finite values are checked in blocks of rows of abou
 def refuse_non_finite(image: np.ndarray, where: str) -> np.ndarray:
     """``image`` (rows first) as it is, or a UserError naming its first NaN or infinite value: a float image
     holding one trains to a NaN network, and predicts an all-background mask."""
-    if image.dtype.kind not in "fc" or image.size == 0:
+    if image.dtype.kind == "c":
+        raise UserError(f"{where} has complex pixels ({image.dtype}): unetseg reads real-valued images; convert it")
+    if image.dtype.kind != "f" or image.size == 0:
         return image
     row_values = max(1, image.size // image.shape[0])
     step = max(1, _CHECK_ELEMENTS // row_values)

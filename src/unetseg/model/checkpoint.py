@@ -83,7 +83,8 @@ def load_checkpoint(path: Path) -> Checkpoint:
     """The checkpoint at ``path``, validated before anything is built from it: a file that unetseg train
     did not write as it is (edited, damaged, or from a foreign tool) is a UserError naming what is wrong."""
     if not path.is_file():
-        raise UserError(f"checkpoint {path} does not exist: give checkpoint=path/to/best.pt")
+        what = "is not a regular file" if path.exists() else "does not exist"
+        raise UserError(f"checkpoint {path} {what}: give checkpoint=path/to/best.pt")
     try:
         with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": the one line below says it all
             warnings.simplefilter("ignore")

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
 from datetime import datetime
 from pathlib import Path
 
 from omegaconf import OmegaConf
+
+from unetseg.runtime.errors import UserError
 
 _PACKAGE_DIR = Path(__file__).resolve().parent.parent  # src/unetseg (or unetseg/ in a wheel)
 
@@ -29,7 +32,11 @@ def user_path(path: str | os.PathLike[str]) -> Path:
     hydra.job.chdir is false, so the process never leaves that directory; resolving here makes the
     absolute path explicit in logs, checkpoints and error messages.
     """
-    return Path(os.path.expanduser(os.fspath(path))).resolve()
+    given = Path(os.path.expanduser(os.fspath(path)))
+    try:
+        return given.resolve()
+    except (RuntimeError, OSError):  # a symbolic link loop (RuntimeError before Python 3.13, OSError since)
+        raise UserError(f"{given} is a symbolic link that leads back to itself: fix or remove the link") from None
 
 
 CACHE_VARIABLE = "UNETSEG_CACHE_DIR"
@@ -58,7 +65,10 @@ def run_stamp() -> str:
     """
     global _STAMP
     if _STAMP is None:
-        _STAMP = os.environ.get(STAMP_VARIABLE) or f"{datetime.now():%Y-%m-%d_%H-%M-%S}_{os.getpid()}"
+        given = os.environ.get(STAMP_VARIABLE, "")
+        # Only a plain folder name (as a parent process made it): never a path that leads out of outputs/.
+        valid = re.fullmatch(r"[\w.-]+", given) is not None and given not in (".", "..")
+        _STAMP = given if valid else f"{datetime.now():%Y-%m-%d_%H-%M-%S}_{os.getpid()}"
         os.environ[STAMP_VARIABLE] = _STAMP
     return _STAMP
 
