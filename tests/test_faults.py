@@ -200,18 +200,21 @@ def test_ctrl_c_in_predict_stops_after_a_whole_file(workdir: Path, checkpoint: P
     assert all(cv2.imread(str(p), cv2.IMREAD_UNCHANGED).shape == (64, 64) for p in written)
 
 
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 4 MB tmpfs (needs the right to mount: root, as in CI's container)."""
-    mount = tmp_path / "small"
+def tmpfs(mount: Path, options: str) -> Iterator[Path]:
+    """A tmpfs mounted at ``mount`` for the test (needs the right to mount: root, as in CI's container)."""
     mount.mkdir()
-    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True)
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mount)], capture_output=True)
     if made.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here ({made.stderr.decode().strip()}): the full-disk test needs root")
+        pytest.skip(f"cannot mount a tmpfs ({options}) here: {made.stderr.decode().strip()}; the test needs root")
     try:
         yield mount
     finally:
         subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    yield from tmpfs(tmp_path / "small", "size=4m")
 
 
 def test_a_full_disk_during_training_is_one_line_and_leaves_a_resumable_last_pt(
@@ -245,15 +248,7 @@ def test_a_full_disk_during_training_is_one_line_and_leaves_a_resumable_last_pt(
 
 @pytest.fixture
 def read_only(tmp_path: Path) -> Iterator[Path]:
-    mount = tmp_path / "ro"
-    mount.mkdir()
-    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,ro", "tmpfs", str(mount)], capture_output=True)
-    if made.returncode != 0:
-        pytest.skip(f"cannot mount a read-only tmpfs here ({made.stderr.decode().strip()}): the test needs root")
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
+    yield from tmpfs(tmp_path / "ro", "size=1m,ro")
 
 
 def test_a_read_only_output_is_one_line(workdir: Path, checkpoint: Path, read_only: Path) -> None:
