@@ -54,6 +54,7 @@ def test_auto_picks_openvino_on_a_cpu_only_when_installed() -> None:
 
 
 @needs_openvino
+@pytest.mark.slow  # 5 s (two OpenVINO compilations): in make test, not in the inner loop
 @pytest.mark.parametrize("num_classes", [1, 3])
 def test_openvino_matches_torch(num_classes: int) -> None:
     checkpoint = trained_checkpoint(num_classes)
@@ -152,6 +153,7 @@ def test_openvino_calls_hold_at_most_one_512_image_of_pixels() -> None:
 
 
 @needs_openvino
+@pytest.mark.slow  # 4 s: in make test, not in the inner loop
 def test_a_damaged_or_unusable_cache_is_converted_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from unetseg.inference.backends import KEEP_COMPILED, OpenVinoNetwork
 
