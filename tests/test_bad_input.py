@@ -404,7 +404,7 @@ CASES = [
     Case(
         "spec claiming a huge network",
         [*PREDICT[:2], "checkpoint=bad.pt"],
-        ["bad.pt", "parameters, more than the 1,000,000,000"],
+        ["bad.pt", "cannot build", "at most 4096"],
         edited_checkpoint(set_model("base_channels", 100_000)),
     ),
     Case(

@@ -27,6 +27,7 @@ from unetseg.config import (
     TrainingTarget,
 )
 from unetseg.inference.writers import OUTPUT_KINDS
+from unetseg.model.spec import spec_problem
 from unetseg.objects.instances import resolve_rule
 from unetseg.runtime.device import device_name_problem, device_unavailable
 from unetseg.runtime.errors import UserError
@@ -38,7 +39,6 @@ from unetseg.tracking.loggers import check_logger_packages
 MAX_SEED = 2**32 - 1  # numpy's seed range (np.random.seed), the narrowest of the generators a seed feeds
 SYNTHETIC_SIZES = (16, 4096)  # pixels per side of a generated image: data.synthetic.size and synthesize size=
 MAX_SYNTHETIC_PIXELS = 2**28  # data.synthetic.num_images × size²: all of it is generated and held in memory
-MAX_WIDEST_LAYER = 4096  # channels of the U-Net's widest layer, base_channels × 2^(depth-1) (classic: 512)
 MAX_PATCH_SIZE = 8192  # data.patch_size: training crops, in pixels per side
 MAX_MARGIN = 1024  # inference margin: mirrored pixels around each image (the U-Net paper's overlap-tile: 92)
 
@@ -115,16 +115,8 @@ def check_data(d: DataConfig) -> None:
 
 def check_train(cfg: TrainConfig) -> None:
     m, o, d, t = cfg.model, cfg.optim, cfg.data, cfg.trainer
-    _require(m.in_channels in (1, 3), f"model.in_channels={m.in_channels}: use 1 (grayscale) or 3 (colour)")
-    _require(m.num_classes >= 1, f"model.num_classes={m.num_classes}: must be at least 1 (1 = binary)")
-    _require(m.base_channels >= 1, f"model.base_channels={m.base_channels}: must be a positive width")
-    _require(1 <= m.depth <= 8, f"model.depth={m.depth}: must be between 1 and 8")
-    widest = m.base_channels * 2 ** (m.depth - 1)
-    _require(
-        widest <= MAX_WIDEST_LAYER,
-        f"model.base_channels={m.base_channels} with model.depth={m.depth}: the widest layer would have {widest:,} "
-        f"channels; keep base_channels × 2^(depth-1) at most {MAX_WIDEST_LAYER} (the default, 64 at depth 4: 512)",
-    )
+    problem = spec_problem(m)
+    _require(problem is None, str(problem))
     check_max_pixels(d.max_pixels, "data.max_pixels")
     _require(o.lr > 0, f"optim.lr={o.lr}: the learning rate must be > 0 (for example optim.lr=1e-5)")
     _require(o.weight_decay >= 0, f"optim.weight_decay={o.weight_decay}: must be >= 0")
