@@ -285,10 +285,10 @@ def check_predict(cfg: PredictConfig) -> None:
         cfg.pixel_size is None or (math.isfinite(cfg.pixel_size) and cfg.pixel_size > 0),
         f"pixel_size={cfg.pixel_size}: give the pixel size in µm as a positive number (e.g. pixel_size=0.325)",
     )
-    check_output_folder(cfg.output, "the masks")
+    check_output_is_not_a_file(cfg.output, "the masks")
 
 
-def check_output_folder(output: str | None, what: str) -> None:
+def check_output_is_not_a_file(output: str | None, what: str) -> None:
     """``output=`` names a folder: an existing file there is a mistake (a file meant as input, or a typo)."""
     _require(
         not output or not user_path(output).is_file(),
@@ -302,7 +302,7 @@ EVALUATION_SPLITS = ("val", "train", "all")
 def check_evaluate(cfg: EvaluateConfig) -> None:
     check_inference(cfg)
     check_data(cfg.data)
-    check_output_folder(cfg.output, "metrics.json")
+    check_output_is_not_a_file(cfg.output, "metrics.json")
     check_max_pixels(cfg.data.max_pixels, "data.max_pixels")
     _require(
         (cfg.input is None) == (cfg.labels is None),

@@ -82,27 +82,14 @@ def read_header(path: Path) -> Header | None:
     return Header(int(height), int(width), itemsize)
 
 
-def image_size(path: Path) -> tuple[int, int] | None:
-    """(height, width) of the image in ``path`` (a TIFF's first page) from its header, without decoding it;
-    None when the header cannot be read."""
-    header = read_header(path)
-    return None if header is None else (header.height, header.width)
-
-
 @dataclass(frozen=True)
 class PixelLimit:
     """The most pixels (height × width) one image or page may have; ``pixels`` None or 0: no limit of
-    unetseg's own. ``key`` is the setting that raises it, named in the error."""
+    unetseg's own (a negative value is refused with the settings: unetseg.checks.check_max_pixels). ``key`` is
+    the setting that raises it, named in the error."""
 
     pixels: int | None = DEFAULT_MAX_PIXELS
     key: str = "max_pixels"
-
-    def __post_init__(self) -> None:
-        if self.pixels is not None and self.pixels < 0:
-            raise UserError(
-                f"{self.key}={self.pixels}: give the most pixels one image may have, e.g. {DEFAULT_MAX_PIXELS} "
-                "(32768²), or 0 for no limit"
-            )
 
     def check(self, header: Header | None, where: str) -> None:
         """UserError if the header claims more pixels than allowed; ``where`` names the file or page."""
