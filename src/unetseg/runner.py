@@ -44,7 +44,6 @@ from omegaconf.errors import (
 from unetseg import sweep
 from unetseg.checks import CHECKS, check_device_here
 from unetseg.config import register_schemas, to_typed
-from unetseg.data.pairing import FOLDER_PAIRS
 from unetseg.io.atomic import write_text_atomic
 from unetseg.io.claims import LOCK_NAME, claim_folder, folder_in_use
 from unetseg.io.strict_json import to_json
@@ -60,7 +59,7 @@ from unetseg.runtime.errors import (
     describe_storage_error,
 )
 from unetseg.runtime.paths import config_dir, register_resolvers, run_stamp, share_run_stamp, user_path
-from unetseg.training.run_folder import refuse_to_train_into
+from unetseg.training.run_folder import refuse_run_among_data, refuse_to_train_into
 
 log = logging.getLogger(__name__)
 
@@ -303,16 +302,7 @@ def check_run_folder(command: str, pattern: str, typed: Any) -> Path | None:
     if holder:
         raise UserError(f"hydra.run.dir={run_dir} is in use by {holder}: wait for it, or choose another hydra.run.dir")
     refuse_to_train_into(run_dir, typed.trainer.resume)
-    # A run folder in an image or label folder would become training data (and break the pairing next time).
-    data_folders = {name for pair in FOLDER_PAIRS for name in pair} | {typed.data.image_dir, typed.data.label_dir}
-    for key in ("root", "val_root"):
-        root = getattr(typed.data, key)
-        inside = run_dir.relative_to(user_path(root)).parts if root and user_path(root) in run_dir.parents else ()
-        if root and (run_dir == user_path(root) or (inside and inside[0] in data_folders)):
-            raise UserError(
-                f"hydra.run.dir={run_dir} is among the training data (data.{key}={root}): keep runs out of the "
-                "data, choose another hydra.run.dir"
-            )
+    refuse_run_among_data(run_dir, typed.data)
     return run_dir
 
 

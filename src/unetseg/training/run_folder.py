@@ -1,10 +1,13 @@
 """A training run's folder is its own: training never starts in a folder that already holds a run, unless it
-resumes that very run (a second run would replace its best.pt and mix both histories in metrics.jsonl)."""
+resumes that very run (a second run would replace its best.pt and mix both histories in metrics.jsonl), nor
+among the training data."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from unetseg.config import DataConfig
+from unetseg.data.pairing import FOLDER_PAIRS
 from unetseg.runtime.errors import UserError
 from unetseg.runtime.paths import user_path
 
@@ -24,3 +27,20 @@ def refuse_to_train_into(run_dir: Path, resume: str | None) -> None:
         f"{run_dir} already holds a training run ({held[0]}): choose another hydra.run.dir, or resume that run "
         f"with trainer.resume={run_dir / 'checkpoints' / 'last.pt'}"
     )
+
+
+def refuse_run_among_data(run_dir: Path, data: DataConfig) -> None:
+    """Stop with one line if ``run_dir`` is a data folder or inside its image or label folder: the run's files
+    would become training data (and break the pairing next time)."""
+    data_folders = {name for pair in FOLDER_PAIRS for name in pair} | {data.image_dir, data.label_dir}
+    for key in ("root", "val_root"):
+        given = getattr(data, key)
+        if given is None:
+            continue
+        root = user_path(given)
+        inside = run_dir.relative_to(root).parts if root in run_dir.parents else ()
+        if run_dir == root or (inside and inside[0] in data_folders):
+            raise UserError(
+                f"hydra.run.dir={run_dir} is among the training data (data.{key}={given}): keep runs out of the "
+                "data, choose another hydra.run.dir"
+            )
