@@ -94,6 +94,19 @@ def check_data(d: DataConfig) -> None:
         0 < d.val_fraction < 1,
         f"data.val_fraction={d.val_fraction}: must be strictly between 0 and 1 (for example 0.2)",
     )
+    _require(
+        d.in_memory.lower() in ("auto", "true", "false"),
+        f"data.in_memory={d.in_memory}: use auto (the disk cache when the data would take more than "
+        "data.memory_share of the free memory), true (always in memory) or false (always the disk cache)",
+    )
+    _require(
+        0 < d.memory_share <= 1,
+        f"data.memory_share={d.memory_share}: the share of free memory the decoded data may take, in (0, 1] (e.g. 0.5)",
+    )
+    _require(
+        not d.cache_dir or not user_path(d.cache_dir).is_file(),
+        f"data.cache_dir={d.cache_dir} is a file: choose a folder for the data cache (it is made if missing)",
+    )
     syn = d.synthetic
     low, high = SYNTHETIC_SIZES
     _require(
@@ -367,6 +380,14 @@ def check_device_here(cfg: Any) -> None:
             _require(problem is None, f"{key}={device}: {problem}")
 
 
+def check_cache(cfg: TrainConfig) -> None:
+    _require(
+        cfg.data.source != DataSource.synthetic,
+        "data=synthetic is generated in memory, there is nothing to cache: give a folder (data=folder data.root=DIR)",
+    )
+    check_train(cfg)
+
+
 def _with_common_checks(command: str, check: Callable[[Any], None]) -> Callable[[Any], None]:
     """A command's check, after the checks every config gets (finite numbers)."""
 
@@ -386,5 +407,6 @@ CHECKS: dict[str, Callable[[Any], None]] = {
         "evaluate": check_evaluate,
         "export": check_export,
         "synthesize": check_synthesize,
+        "cache": check_cache,
     }.items()
 }

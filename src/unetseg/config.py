@@ -200,6 +200,9 @@ class DataConfig:
     patch_size: int | None = MISSING
     samples_per_epoch: int | None = MISSING
     max_pixels: int | None = MISSING  # the most pixels one image may have (checked from its header); 0/null: any
+    in_memory: str = MISSING  # auto, true or false (a string: Hydra reads true/false as booleans)
+    memory_share: float = MISSING
+    cache_dir: str | None = MISSING
     normalization: NormalizationConfig = field(default_factory=NormalizationConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)

@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 
 from unetseg.config import AugmentConfig
+from unetseg.data.normalize import Scaling
 
 
 @dataclass
@@ -102,10 +103,19 @@ def intensity(image: np.ndarray, cfg: AugmentConfig, rng: np.random.Generator) -
     return image.astype(np.float32, copy=False)
 
 
-def augment(sample: Sample, cfg: AugmentConfig, patch_size: int | None, rng: np.random.Generator) -> Sample:
-    """Crop first (every later step then works on the small patch), then geometry, then intensity."""
+def augment(
+    sample: Sample, cfg: AugmentConfig, patch_size: int | None, rng: np.random.Generator, scaling: Scaling | None = None
+) -> Sample:
+    """Crop first (every later step then works on the small patch), then geometry, then intensity.
+
+    ``scaling``: the sample's arrays are the cached image as stored (memory-mapped, see unetseg.data.cache), to be
+    normalised after the crop; normalisation is per pixel, so the patch equals the crop of the normalised image.
+    """
     if patch_size is not None:
         sample = random_crop(sample, patch_size, rng)
+    if scaling is not None:  # copies out of the memory map: only the patch's rows were read from disk
+        weight = None if sample.weight is None else np.array(sample.weight)
+        sample = Sample(scaling(sample.image), np.array(sample.label), weight)
     sample = flip_rotate(sample, rng, cfg.flip, cfg.rotate90)
     if rng.random() < cfg.elastic:
         sample = elastic(sample, cfg.elastic_grid, cfg.elastic_sigma, rng)

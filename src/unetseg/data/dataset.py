@@ -1,8 +1,10 @@
-"""Labelled datasets in memory: loading and validating every file up front, the train/validation split,
-and a torch Dataset that augments deterministically (same seed, epoch and index → same sample)."""
+"""Labelled datasets: loading and validating every file up front, in memory or (for sets larger than memory)
+into the disk cache of unetseg.data.cache; the train/validation split; and a torch Dataset that augments
+deterministically (same seed, epoch and index → same sample) whichever of the two holds the data."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,29 +14,46 @@ from torch.utils.data import Dataset
 
 from unetseg.config import AugmentConfig, DataConfig, DataSource
 from unetseg.data.augment import Sample, augment
+from unetseg.data.cache import (
+    CachedView,
+    CacheEntry,
+    DataCache,
+    entry_key,
+    read_classes,
+    read_image,
+    read_instances,
+    weights_reader,
+)
+from unetseg.data.decoding import decode_pair, decoded
 from unetseg.data.labels import LabelRule
 from unetseg.data.normalize import PercentileNormalizer
 from unetseg.data.pairing import Pairing, find_folders, pair_files
 from unetseg.data.synthetic import synthetic_sample
-from unetseg.io.images import read_image, read_label
 from unetseg.io.limits import DEFAULT_MAX_PIXELS, PixelLimit, read_header
+from unetseg.runtime.console import progress_bars
 from unetseg.runtime.errors import UserError
 from unetseg.runtime.memory import available_memory
-from unetseg.runtime.paths import user_path
+from unetseg.runtime.paths import cache_root, user_path
 
 
 @dataclass
 class LabelledImages:
     """Normalised float32 images (C, H, W), uint8 class-id labels (H, W), their names, the true instance
-    maps where the label files are instance maps, and optionally per-pixel loss weights (H, W)."""
+    maps where the label files are instance maps, and optionally per-pixel loss weights (H, W).
 
-    images: list[np.ndarray]
-    labels: list[np.ndarray]
+    In memory the arrays are lists; from the disk cache (``entries`` set) they are views that read one image
+    when indexed, and training crops its patches from the cached files (see :class:`SegmentationDataset`)."""
+
+    images: Sequence[np.ndarray]
+    labels: Sequence[np.ndarray]
     names: list[str]
-    weights: list[np.ndarray] | None = None  # per-pixel loss weights, for the weighted losses
+    weights: Sequence[np.ndarray] | None = None  # per-pixel loss weights, for the weighted losses
     # int32 (H, W) object ids per image, None where the label is a mask (its objects: connected regions)
-    instances: list[np.ndarray | None] | None = None
+    instances: Sequence[np.ndarray | None] | None = None
     pairing: str = ""  # how the files were found and paired, for the start-up line
+    digests: list[str] | None = None  # per item (unetseg.data.decoding.item_digest), for the run's fingerprint
+    entries: list[CacheEntry] | None = None  # the items' disk-cache entries, when the data is read from there
+    storage: str = ""  # where the data is held and why, for the start-up line
 
     def __len__(self) -> int:
         return len(self.names)
@@ -42,10 +61,33 @@ class LabelledImages:
     def instances_of(self, index: int) -> np.ndarray | None:
         return None if self.instances is None else self.instances[index]
 
+    def shapes(self) -> list[tuple[int, ...]]:
+        """Every image's (C, H, W), without reading cached images."""
+        if self.entries is not None:
+            return [entry.shape for entry in self.entries]
+        return [image.shape for image in self.images]
+
+    def with_weights(self, compute: Callable[[np.ndarray], np.ndarray], key: str, cache: DataCache) -> None:
+        """Per-pixel loss weights ``compute(class ids)`` for every item: in memory for items in memory, else
+        written to ``cache`` once (``key`` names the weighting and its settings) and read patch by patch."""
+        if self.entries is None:
+            self.weights = [compute(label) for label in self.labels]
+            return
+        for entry in self.entries:
+            cache.add_weights(entry, key, compute)
+        self.weights = CachedView(self.entries, weights_reader(key))
+
     def _part(self, part: slice) -> LabelledImages:
         instances = None if self.instances is None else self.instances[part]
         return LabelledImages(
-            self.images[part], self.labels[part], self.names[part], instances=instances, pairing=self.pairing
+            self.images[part],
+            self.labels[part],
+            self.names[part],
+            instances=instances,
+            pairing=self.pairing,
+            digests=None if self.digests is None else self.digests[part],
+            entries=None if self.entries is None else self.entries[part],
+            storage=self.storage,
         )
 
     def split_last(self, count: int) -> tuple[LabelledImages, LabelledImages]:
@@ -55,13 +97,35 @@ class LabelledImages:
 
     def __add__(self, other: LabelledImages) -> LabelledImages:
         """Both sets, this one first (without loss weights)."""
+        digests = self.digests + other.digests if self.digests is not None and other.digests is not None else None
+        if self.entries is not None and other.entries is not None:
+            return cached_items(self.entries + other.entries, self.pairing, self.storage)
         instances = [*(self.instances or [None] * len(self)), *(other.instances or [None] * len(other))]
         return LabelledImages(
-            self.images + other.images, self.labels + other.labels, self.names + other.names, instances=instances
+            [*self.images, *other.images],
+            [*self.labels, *other.labels],
+            self.names + other.names,
+            instances=instances,
+            digests=digests,
         )
 
     def has_uniform_size(self) -> bool:
-        return len({image.shape for image in self.images}) <= 1
+        return len(set(self.shapes())) <= 1
+
+
+def cached_items(entries: list[CacheEntry], pairing: str, storage: str) -> LabelledImages:
+    """Items read from the disk cache, one image at a time."""
+    instances = CachedView(entries, read_instances) if any(entry.has_instances for entry in entries) else None
+    return LabelledImages(
+        CachedView(entries, read_image),
+        CachedView(entries, read_classes),
+        [entry.name for entry in entries],
+        instances=instances,
+        pairing=pairing,
+        digests=[entry.digest for entry in entries],
+        entries=entries,
+        storage=storage,
+    )
 
 
 def _existing_folder(path: Path, what: str) -> Path:
@@ -80,7 +144,7 @@ def decoded_bytes(pixels: int, channels: int, instance_pixels: int = 0, weighted
     return pixels * (4 * channels + 1 + (4 if weighted else 0)) + 4 * instance_pixels
 
 
-def _amount(value: float, units: tuple[str, ...]) -> str:
+def in_units(value: float, units: tuple[str, ...]) -> str:
     """1234567 → "1.2 M<unit>": one decimal, in the largest unit (steps of 1000) that is at least 1."""
     for power, unit in reversed(list(enumerate(units))):
         if value >= 1000**power or power == 0:
@@ -88,7 +152,17 @@ def _amount(value: float, units: tuple[str, ...]) -> str:
     raise AssertionError  # pragma: no cover
 
 
-def check_memory(needed: int, images: int, pixels: int, what: str, available: int | None = None) -> None:
+BYTES = ("B", "kB", "MB", "GB", "TB")
+
+
+def check_memory(
+    needed: int,
+    images: int,
+    pixels: int,
+    what: str,
+    available: int | None = None,
+    fix: str = "use fewer or smaller images, or crop them",
+) -> None:
     """UserError if loading ``images`` files of ``pixels`` pixels in all (``needed`` bytes decoded, see
     :func:`decoded_bytes`) would take more than the ``available`` bytes (default: :func:`available_memory`;
     nothing is checked if that is unknown)."""
@@ -97,11 +171,45 @@ def check_memory(needed: int, images: int, pixels: int, what: str, available: in
     if available is None or needed <= available:
         return
     raise UserError(
-        f"the data set ({what}) decodes to {_amount(needed, ('B', 'kB', 'MB', 'GB', 'TB'))} ({images:,} images, "
-        f"{_amount(pixels, ('px', 'kpx', 'Mpx', 'Gpx', 'Tpx'))}), more than the "
-        f"{_amount(available, ('B', 'kB', 'MB', 'GB', 'TB'))} of memory available: use fewer or smaller images, "
-        "or crop them"
+        f"the data set ({what}) decodes to {in_units(needed, BYTES)} ({images:,} images, "
+        f"{in_units(pixels, ('px', 'kpx', 'Mpx', 'Gpx', 'Tpx'))}), more than the "
+        f"{in_units(available, BYTES)} of memory available: {fix}"
     )
+
+
+@dataclass(frozen=True)
+class Storage:
+    """Where a training set is held (in memory, or read from the disk cache), and why, in words."""
+
+    in_memory: bool
+    reason: str
+
+
+def choose_storage(data: DataConfig, size: SetSize, what: str, available: int | None = None) -> Storage:
+    """data.in_memory: true (refused if the decoded set does not fit in the memory available), false (the
+    disk cache), or auto: in memory when the decoded set takes at most data.memory_share of the memory free
+    now, the disk cache otherwise."""
+    mode = data.in_memory.lower()
+    decoded = in_units(size.decoded, BYTES)
+    if available is None:
+        available = available_memory()
+    if mode == "true":
+        fix = "use fewer or smaller images, or train from the disk cache with data.in_memory=auto"
+        check_memory(size.decoded, size.images, size.pixels, what, available, fix)
+        return Storage(True, f"in memory ({decoded} decoded; data.in_memory=true)")
+    if mode == "false":
+        return Storage(False, "data.in_memory=false")
+    if available is None:
+        return Storage(True, f"in memory ({decoded} decoded; the free memory is unknown)")
+    share = f"{data.memory_share:.0%} of the {in_units(available, BYTES)} of memory free"
+    if size.decoded <= data.memory_share * available:
+        return Storage(True, f"in memory ({decoded} decoded, within {share})")
+    return Storage(False, f"{decoded} decoded would be more than {share}; data.in_memory=auto")
+
+
+def data_cache(data: DataConfig) -> DataCache:
+    """The disk cache data.cache_dir names; by default <unetseg's cache folder>/data."""
+    return DataCache(user_path(data.cache_dir) if data.cache_dir else cache_root() / "data")
 
 
 def _holds_instances(rule: LabelRule, label_itemsize: int) -> bool:
@@ -111,6 +219,15 @@ def _holds_instances(rule: LabelRule, label_itemsize: int) -> bool:
     if rule.target == "boundary" or rule.encoding == "instance":
         return True
     return rule.encoding == "auto" and label_itemsize > 1
+
+
+@dataclass(frozen=True)
+class SetSize:
+    """A data set's size from its files' headers: images, pixels, and bytes once decoded in memory."""
+
+    images: int
+    pixels: int
+    decoded: int
 
 
 def check_files(
@@ -124,6 +241,15 @@ def check_files(
 ) -> None:
     """Before anything is decoded, from the file headers: every image and label within ``limit``, and the
     whole set small enough to fit in memory once decoded (see :func:`check_memory`)."""
+    size = measure_files(pairings, channels, rule, limit, weighted)
+    check_memory(size.decoded, size.images, size.pixels, what, available)
+
+
+def measure_files(
+    pairings: list[Pairing], channels: int, rule: LabelRule, limit: PixelLimit, weighted: bool = False
+) -> SetSize:
+    """Every image and label within ``limit``, and the set's decoded size (:func:`decoded_bytes`), from the
+    files' headers alone."""
     images = pixels = instance_pixels = 0
     for pairing in pairings:
         for image_path, label_path in pairing.pairs:
@@ -136,7 +262,7 @@ def check_files(
             pixels += image.pixels
             if label is not None and _holds_instances(rule, label.itemsize):
                 instance_pixels += image.pixels
-    check_memory(decoded_bytes(pixels, channels, instance_pixels, weighted), images, pixels, what, available)
+    return SetSize(images, pixels, decoded_bytes(pixels, channels, instance_pixels, weighted))
 
 
 def _limit(max_pixels: int | None) -> PixelLimit:
@@ -195,35 +321,57 @@ def load_pairs(
 def _decode_pairs(
     pairing: Pairing, channels: int, rule: LabelRule, normalizer: PercentileNormalizer, limit: PixelLimit
 ) -> LabelledImages:
-    pairs = pairing.pairs
-    images, labels, instances = [], [], []
-    for image_path, label_path in pairs:
-        image = read_image(image_path, channels, limit)
-        label = read_label(label_path, limit)
-        if image.shape[1:] != label.shape:
-            raise UserError(
-                f"{image_path.name} is {image.shape[2]}×{image.shape[1]} but its label {label_path} is "
-                f"{label.shape[1]}×{label.shape[0]}: image and label must be the same size"
-            )
-        images.append(normalizer(image))
-        classes, objects = rule.apply(label, label_path)
-        labels.append(classes)
-        instances.append(objects)
-    return LabelledImages(images, labels, [path.stem for path, _ in pairs], instances=instances, pairing=pairing.rule)
+    images, labels, instances, digests = [], [], [], []
+    for image_path, label_path in pairing.pairs:
+        pair = decode_pair(image_path, label_path, channels, rule, normalizer, limit)
+        images.append(pair.scaling(pair.raw))
+        labels.append(pair.classes)
+        instances.append(pair.instances)
+        digests.append(pair.digest)
+    names = [path.stem for path, _ in pairing.pairs]
+    return LabelledImages(images, labels, names, instances=instances, pairing=pairing.rule, digests=digests)
+
+
+def _cache_pairs(
+    cache: DataCache,
+    pairing: Pairing,
+    channels: int,
+    rule: LabelRule,
+    normalizer: PercentileNormalizer,
+    limit: PixelLimit,
+    storage: str,
+) -> LabelledImages:
+    """The pairs from the disk cache, decoding (with a progress bar) those not cached yet."""
+    settings = f"channels={channels}|{rule!r}|{normalizer!r}"
+    keys = [entry_key(image, label, settings) for image, label in pairing.pairs]
+    entries: list[CacheEntry | None] = [cache.open(key) for key in keys]
+    missing = [index for index, entry in enumerate(entries) if entry is None]
+    if missing:
+        with progress_bars() as progress:
+            task = progress.add_task("caching", total=len(missing), status=str(cache.root))
+            for index in missing:
+                image_path, label_path = pairing.pairs[index]
+                entries[index] = cache.fill(
+                    keys[index], lambda i=image_path, j=label_path: decode_pair(i, j, channels, rule, normalizer, limit)
+                )
+                progress.advance(task)
+    return cached_items([entry for entry in entries if entry is not None], pairing.rule, storage)
 
 
 def synthetic_images(
     kind: str, count: int, size: int, seed: int, rule: LabelRule, normalizer: PercentileNormalizer
 ) -> LabelledImages:
     """``count`` generated images of ``kind`` (voronoi: EM-like cells; nuclei: touching nuclei)."""
-    images, labels, instances = [], [], []
-    for index in range(count):
-        image, objects = synthetic_sample(kind, seed, index, size)
-        images.append(normalizer(image[None]))
-        labels.append(rule.classes_of_objects(objects))
-        instances.append(objects)
+    images, labels, instances, digests = [], [], [], []
     names = [f"synthetic_{seed}_{index:04d}" for index in range(count)]
-    return LabelledImages(images, labels, names, instances=instances)
+    for index, name in enumerate(names):
+        image, objects = synthetic_sample(kind, seed, index, size)
+        pair = decoded(name, image[None], normalizer, rule.classes_of_objects(objects), objects)
+        images.append(pair.scaling(pair.raw))
+        labels.append(pair.classes)
+        instances.append(objects)
+        digests.append(pair.digest)
+    return LabelledImages(images, labels, names, instances=instances, digests=digests, storage="in memory (generated)")
 
 
 def label_rule(data: DataConfig, num_classes: int) -> LabelRule:
@@ -231,11 +379,18 @@ def label_rule(data: DataConfig, num_classes: int) -> LabelRule:
 
 
 def load_splits(
-    data: DataConfig, channels: int, rule: LabelRule, normalizer: PercentileNormalizer, weighted: bool = False
+    data: DataConfig,
+    channels: int,
+    rule: LabelRule,
+    normalizer: PercentileNormalizer,
+    weighted: bool = False,
+    cache: DataCache | None = None,
 ) -> tuple[LabelledImages, LabelledImages]:
     """The training and validation sets that ``data`` describes, normalised by ``normalizer``. Before any
-    file is decoded, every size is checked against data.max_pixels and the decoded set against the memory
-    available (``weighted``: the loss keeps a float32 weight per pixel too, as training.losses.WEIGHTED do)."""
+    file is decoded, every size is checked against data.max_pixels, and data.in_memory chooses between memory
+    and the disk cache from the decoded size (``weighted``: the loss keeps a float32 weight per pixel too, as
+    training.losses.WEIGHTED do; see :func:`choose_storage`). ``cache``: the disk cache to use (default: the
+    one data.cache_dir names)."""
     if data.source == DataSource.synthetic:
         if channels != 1:
             raise UserError("data=synthetic makes grayscale images: use model.in_channels=1")
@@ -247,8 +402,17 @@ def load_splits(
         pairings = [_folder_pairs(user_path(r), data.image_dir, data.label_dir, data.label_suffix) for r in roots]
         limit = _limit(data.max_pixels)
         what = " and ".join(f"{key}={root}" for key, root in zip(("data.root", "data.val_root"), roots, strict=False))
-        check_files(pairings, channels, rule, limit, what, weighted)
-        everything, *validation = (_decode_pairs(p, channels, rule, normalizer, limit) for p in pairings)
+        storage = choose_storage(data, measure_files(pairings, channels, rule, limit, weighted), what)
+        if storage.in_memory:
+            everything, *validation = (_decode_pairs(p, channels, rule, normalizer, limit) for p in pairings)
+            for part in (everything, *validation):
+                part.storage = storage.reason
+        else:
+            cache = cache or data_cache(data)
+            reason = f"read from the disk cache {cache.root} ({storage.reason})"
+            everything, *validation = (
+                _cache_pairs(cache, p, channels, rule, normalizer, limit, reason) for p in pairings
+            )
         if validation:
             return everything, validation[0]
     val_count = max(1, round(len(everything) * data.val_fraction))
@@ -289,10 +453,18 @@ class SegmentationDataset(Dataset):
         return self.length
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        weights, item = self.items.weights, index % len(self.items)
-        sample = Sample(self.items.images[item], self.items.labels[item], None if weights is None else weights[item])
-        if self.augment is not None:
+        items, item = self.items, index % len(self.items)
+        weight = None if items.weights is None else items.weights[item]
+        if self.augment is None:
+            sample = Sample(items.images[item], items.labels[item], None if weight is None else np.array(weight))
+        else:
             rng = np.random.default_rng([self.seed, int(self._epoch.item()), index])
-            sample = augment(sample, self.augment, self.patch_size, rng)
+            if items.entries is None:
+                held = Sample(items.images[item], items.labels[item], weight)
+                sample = augment(held, self.augment, self.patch_size, rng)
+            else:  # the crop is read from the memory-mapped files, and only it is normalised: the same sample
+                entry = items.entries[item]
+                raw = Sample(entry.raw_image(), entry.raw_classes(), weight)
+                sample = augment(raw, self.augment, self.patch_size, rng, entry.scaling)
         weight = torch.empty(0) if sample.weight is None else torch.from_numpy(sample.weight)
         return torch.from_numpy(sample.image), torch.from_numpy(sample.label.astype(np.int64)), weight

@@ -9,10 +9,16 @@ Computed once per label when the training set is loaded.
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
+
+from unetseg.config import TrainConfig, TrainingTarget
+from unetseg.data.targets import INTERIOR
 
 
 def class_balance(label: np.ndarray, num_classes: int) -> np.ndarray:
@@ -75,3 +81,35 @@ def border_weight_map(
     background = ~cells
     weights[background] += border[background].astype(np.float32)
     return weights
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    """The weight map a training config asks for: ``compute(class ids)``, and ``key``, which names every setting
+    it depends on (its file name in the disk cache)."""
+
+    compute: Callable[[np.ndarray], np.ndarray]
+    key: str
+
+
+def _weights_of(
+    label: np.ndarray, num_classes: int, w0: float, sigma: float, balance: bool, boundary: bool
+) -> np.ndarray:
+    objects = label == INTERIOR if boundary else None
+    return border_weight_map(label, num_classes, w0, sigma, balance, objects=objects)
+
+
+def loss_weights(cfg: TrainConfig) -> LossWeights:
+    """The border weight map of trainer.border_weight, border_sigma and class_balance (for data.target=boundary,
+    the objects are the interiors)."""
+    t, classes = cfg.trainer, cfg.model.num_classes
+    boundary = cfg.data.target == TrainingTarget.boundary
+    compute = functools.partial(
+        _weights_of,
+        num_classes=classes,
+        w0=t.border_weight,
+        sigma=t.border_sigma,
+        balance=t.class_balance,
+        boundary=boundary,
+    )
+    return LossWeights(compute, f"border-{classes}-{t.border_weight!r}-{t.border_sigma!r}-{t.class_balance}-{boundary}")

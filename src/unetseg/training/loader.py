@@ -24,7 +24,7 @@ def training_loader(
             "training images have different sizes, so they cannot be batched: use trainer.batch_size=1 "
             "or train on crops of one size (data.patch_size=256)"
         )
-    smallest = d.patch_size or min(min(image.shape[1:]) for image in train.images)
+    smallest = d.patch_size or min(min(shape[1:]) for shape in train.shapes())
     depth = cfg.model.depth
     bottleneck = -(-smallest // 2**depth)  # ceil: the net pads to a multiple of 2**depth
     if bottleneck * bottleneck * t.batch_size < 2:
@@ -39,8 +39,7 @@ def training_loader(
         DistributedSampler(dataset, world.size, world.rank, shuffle=True, seed=t.seed) if world.distributed else None
     )
     on_gpu = device.type == "cuda"
-    # The data is already decoded in memory; worker processes only pay off when they feed a GPU.
-    workers = t.workers if t.workers is not None else (min(4, os.cpu_count() or 1) if on_gpu else 0)
+    workers = t.workers if t.workers is not None else default_workers(on_gpu, train.entries is not None)
     return DataLoader(
         dataset,
         batch_size=t.batch_size,
@@ -52,6 +51,15 @@ def training_loader(
         # A trailing 1-image batch skews BatchNorm statistics; never drop a rank's only batch.
         drop_last=(len(shares) if shares is not None else len(dataset)) > t.batch_size,
     )
+
+
+def default_workers(on_gpu: bool, from_disk: bool) -> int:
+    """trainer.workers=null: 4 worker processes feeding a GPU; on a CPU none for data in memory (the patch costs
+    far less than the step, and a worker would take a core from it) and one for the disk cache, so reading a
+    patch from disk overlaps the step, where the CPU has a core to spare for it."""
+    if on_gpu:
+        return min(4, os.cpu_count() or 1)
+    return 1 if from_disk and (os.cpu_count() or 1) > 2 else 0
 
 
 class EpochOrder(Sampler[int]):

@@ -26,10 +26,9 @@ import torch.distributed as dist
 from rich.progress import Progress
 from torch.nn.parallel import DistributedDataParallel
 
-from unetseg.config import TrainConfig, TrainingTarget
-from unetseg.data.dataset import LabelledImages, label_rule, load_splits
+from unetseg.config import TrainConfig
+from unetseg.data.dataset import LabelledImages, data_cache, label_rule, load_splits
 from unetseg.data.normalize import PercentileNormalizer
-from unetseg.data.targets import INTERIOR
 from unetseg.io.atomic import copy_atomic, write_text_atomic
 from unetseg.io.strict_json import to_json
 from unetseg.model import build_network, count_parameters
@@ -48,7 +47,7 @@ from unetseg.tracking.curves import CurvesFile
 from unetseg.tracking.history import read_history
 from unetseg.tracking.loggers import Loggers
 from unetseg.tracking.pictures import panels, positive_class, thumbnail
-from unetseg.training.border_weights import border_weight_map
+from unetseg.training.border_weights import loss_weights
 from unetseg.training.fingerprint import difference, fingerprint, training_state_problem
 from unetseg.training.loader import start_epoch, training_loader
 from unetseg.training.losses import WEIGHTED, compute_loss
@@ -162,18 +161,8 @@ class Trainer:
         train, val = load_splits(cfg.data, cfg.model.in_channels, rule, self.normalizer, weighted=t.loss in WEIGHTED)
         train.instances = None  # only validation scores objects: 4 bytes per pixel less for the training set
         if t.loss in WEIGHTED:
-            boundary = cfg.data.target == TrainingTarget.boundary
-            train.weights = [
-                border_weight_map(
-                    label,
-                    self.spec.num_classes,
-                    t.border_weight,
-                    t.border_sigma,
-                    t.class_balance,
-                    objects=label == INTERIOR if boundary else None,
-                )
-                for label in train.labels
-            ]
+            weights = loss_weights(cfg)
+            train.with_weights(weights.compute, weights.key, data_cache(cfg.data))
         return train, val
 
     def set_up_network(self, resumed: Checkpoint | None) -> None:
@@ -217,6 +206,7 @@ class Trainer:
         patches = f" ({cfg.data.patch_size}×{cfg.data.patch_size} crops)" if cfg.data.patch_size else ""
         patches += f", {len(self.loader.dataset)} samples per epoch" if cfg.data.samples_per_epoch else ""  # type: ignore[arg-type]
         pairing = f" ({self.train_items.pairing})" if self.train_items.pairing else ""
+        pairing += f", {self.train_items.storage}" if self.train_items.storage else ""
         recipe = (
             f"{cfg.optim.name.value} lr {cfg.optim.lr:g}, {cfg.schedule.name.value}, {t.loss.value}, "
             f"{t.epochs} epochs × {len(self.loader)} steps of {t.batch_size}"
@@ -557,7 +547,7 @@ class Trainer:
     # ---- helpers -----------------------------------------------------------------------------------------
 
     def data_facts(self) -> dict[str, Any]:
-        sizes = {f"{image.shape[2]}×{image.shape[1]}" for image in [*self.train_items.images, *self.val_items.images]}
+        sizes = {f"{shape[2]}×{shape[1]}" for shape in [*self.train_items.shapes(), *self.val_items.shapes()]}
         return {
             "train_images": len(self.train_items),
             "val_images": len(self.val_items),
