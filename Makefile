@@ -18,7 +18,7 @@ HELDOUT := outputs/heldout-synthetic
 # ISBI 2012, laid out as docs/isbi.md says (train/image, train/label, test): make isbi ISBI=path/to/isbi2012
 ISBI ?= data/isbi2012
 
-.PHONY: install run test test-fast lint bench bench-memory bench-predict bench-train isbi isbi-classic isbi-long isbi-data clean
+.PHONY: install run test test-fast lint bench bench-memory bench-big-data bench-predict bench-train isbi isbi-classic isbi-long isbi-data clean
 
 install: $(STAMP)
 
@@ -48,6 +48,9 @@ bench: install
 
 bench-memory: install
 	$(BIN)/python benchmarks/predict_memory.py --json outputs/benchmark-predict-memory.json
+
+bench-big-data: install
+	$(BIN)/python benchmarks/big_data.py --json outputs/benchmark-big-data.json
 
 bench-predict: install isbi-data
 	$(BIN)/python benchmarks/backends.py --json outputs/benchmark-backends.json

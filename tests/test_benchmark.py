@@ -52,3 +52,42 @@ def test_predict_memory_benchmark_measures_the_real_cli(tmp_path: Path) -> None:
         assert "images/s" in row["end_line"] and "megapixels/s" in row["end_line"]
     assert rows[1]["growth_mib_per_added_megapixel"] is not None
     assert "MiB per added MP" in result.stdout
+
+
+def test_big_data_benchmark_trains_the_big_folder_from_the_cache_in_its_budget(tmp_path: Path) -> None:
+    out = tmp_path / "big.json"
+    tiny = [
+        "--images",
+        "6",
+        "--size",
+        "96",
+        "--small-images",
+        "3",
+        "--widths",
+        "8",
+        "4",
+        "--steps",
+        "2",
+        "3",
+        "--rounds",
+        "1",
+    ]
+    result = run_benchmark("big_data.py", out, *tiny, "--memory-share", "0.0000001", "--budget-gib", "3")
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(out.read_text())
+    runs = {row["run"]: row for row in report["runs"]}
+    assert list(runs) == [
+        "big-8-first",
+        "big-4-second",
+        "small-8-memory",
+        "small-8-cache",
+        "small-4-memory",
+        "small-4-cache",
+    ]
+    first, second = runs["big-8-first"], runs["big-4-second"]
+    assert first["storage"].startswith("read from the disk cache") and "data.in_memory=auto" in first["storage"]
+    assert first["decoded_now"] and not second["decoded_now"]  # the second run reads what the first cached
+    assert runs["small-8-memory-1"]["storage"].startswith("in memory") and not runs["small-8-cache-1"]["decoded_now"]
+    assert all(0 < row["peak_rss_mib"] < 3 * 1024 and row["steps_per_s"] > 0 for row in runs.values())
+    assert set(report["cache_over_memory_steps_per_s"]) == {"8", "4"}
+    assert "steps/s, cache ÷ memory" in result.stdout

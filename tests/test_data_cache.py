@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -307,11 +308,39 @@ def test_the_cache_command_fills_what_training_reads(tmp_path: Path) -> None:
     said = " ".join(filled.stdout.split())  # as one line, however the console wrapped it
     assert "cached 5 image(s)" in said and "5 decoded now, 0 already cached" in said
     assert f"holds 5 entries, 25.2 kB (clear it with: rm -rf {tmp_path / 'c' / 'data'})" in said
-    before = entries_in(tmp_path / "c")
+    before = entries_in(tmp_path / "c" / "data")
+    assert len(before) == 5
     trained = run_cli("train", *TINY, "data=folder", f"data.root={root}", "data.in_memory=false", cwd=tmp_path, env=env)
     assert trained.returncode == 0, trained.stderr
     assert "read from the disk cache" in " ".join(trained.stdout.split()) and "caching" not in trained.stdout
-    assert entries_in(tmp_path / "c") == before  # training decoded nothing
+    assert entries_in(tmp_path / "c" / "data") == before  # training decoded nothing
     again = run_cli("cache", f"data.root={root}", cwd=tmp_path, env=env)
     assert "0 decoded now, 5 already cached" in " ".join(again.stdout.split())
     assert_one_line_error(run_cli("cache", cwd=tmp_path), "data.root is not set")
+
+
+@pytest.mark.slow
+def test_ctrl_c_while_caching_stops_after_the_entry_at_hand_and_keeps_the_rest(tmp_path: Path) -> None:
+    root = write_dataset(tmp_path / "d", count=40, size=128)
+    env = {**os.environ, "UNETSEG_CACHE_DIR": str(tmp_path / "c"), "COLUMNS": "200"}
+    command = [sys.executable, "-m", "unetseg", "cache", f"data.root={root}"]
+    process = subprocess.Popen(
+        command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    while not entries_in(tmp_path / "c" / "data"):
+        assert process.poll() is None, process.communicate()
+    process.send_signal(signal.SIGSTOP)  # frozen mid-fill: the signal lands between two entries or inside one
+    process.send_signal(signal.SIGINT)
+    process.send_signal(signal.SIGCONT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert (
+        "unetseg cache: stopped by Ctrl-C; caching stopped after" in lines[0]
+        and "next run starts from them" in lines[0]
+    )
+    kept = entries_in(tmp_path / "c" / "data")
+    assert 1 <= len(kept) < 40 and not list((tmp_path / "c").glob("data/*/.*.tmp"))
+    again = run_cli("cache", f"data.root={root}", cwd=tmp_path, env={"UNETSEG_CACHE_DIR": str(tmp_path / "c")})
+    assert f"{40 - len(kept)} decoded now, {len(kept)} already cached" in " ".join(again.stdout.split())

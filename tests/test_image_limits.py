@@ -268,3 +268,22 @@ def test_predict_refuses_a_bomb_before_writing(tmp_path: Path) -> None:
     assert_one_line_error(result, "2.png claims 100000×100000 pixels", "(max_pixels)", "raise max_pixels")
     assert result.returncode == 2
     assert not (tmp_path / "masks").exists()
+
+
+def test_the_memory_limit_is_read_from_this_process_own_cgroup_and_those_above() -> None:
+    from unetseg.runtime.memory import V1, V2, _own_cgroups
+
+    v1 = _own_cgroups("4:memory:/slurm/uid_0/job_7\n1:cpu:/slurm/uid_0/job_7\n")
+    assert [str(folder) for folder, _, _ in v1] == [
+        "/sys/fs/cgroup/memory/slurm/uid_0/job_7",
+        "/sys/fs/cgroup/memory/slurm/uid_0",
+        "/sys/fs/cgroup/memory/slurm",
+        "/sys/fs/cgroup/memory",
+    ]
+    assert {(limit, usage) for _, limit, usage in v1} == {V1[1:]}
+    assert [(str(f), *files) for f, *files in _own_cgroups("0::/user.slice/bench\n")] == [
+        ("/sys/fs/cgroup/user.slice/bench", *V2[1:]),
+        ("/sys/fs/cgroup/user.slice", *V2[1:]),
+        ("/sys/fs/cgroup", *V2[1:]),
+    ]
+    assert [str(f) for f, *_ in _own_cgroups("0::/\n")] == ["/sys/fs/cgroup"]  # a container's own namespace

@@ -13,6 +13,7 @@ from unetseg.data.dataset import BYTES, data_cache, in_units, label_rule, load_s
 from unetseg.data.normalize import PercentileNormalizer
 from unetseg.runner import run_command
 from unetseg.runtime.console import console
+from unetseg.runtime.interrupts import interrupts_between_steps
 from unetseg.training.border_weights import loss_weights
 from unetseg.training.losses import WEIGHTED
 
@@ -25,10 +26,11 @@ def fill_cache(cfg: TrainConfig, run_dir: Path) -> dict[str, Any]:
     normalizer = PercentileNormalizer(normalization.low_percentile, normalization.high_percentile)
     weighted = cfg.trainer.loss in WEIGHTED
     rule = label_rule(data, cfg.model.num_classes)
-    train, val = load_splits(data, cfg.model.in_channels, rule, normalizer, weighted=weighted, cache=cache)
-    if weighted:  # the training part's loss weights, as training computes them
-        weights = loss_weights(cfg)
-        train.with_weights(weights.compute, weights.key, cache)
+    with interrupts_between_steps():  # Ctrl-C stops after the entry at hand, which is kept
+        train, val = load_splits(data, cfg.model.in_channels, rule, normalizer, weighted=weighted, cache=cache)
+        if weighted:  # the training part's loss weights, as training computes them
+            weights = loss_weights(cfg)
+            train.with_weights(weights.compute, weights.key, cache)
     entries, size = cache.size()
     seconds = time.perf_counter() - started
     images = len(train) + len(val)

@@ -68,7 +68,7 @@ def train(cfg: TrainConfig, run_dir: Path) -> dict[str, Any]:
                 result = trainer.fit()
             summary = finish(cfg, run_dir, result, started, trainer.loggers)
         except Interrupted as stop:
-            stop.detail = resume_advice(trainer)
+            stop.detail = stop.detail or resume_advice(trainer)  # a stop while caching the data says so itself
             trainer.loggers.close("KILLED")
             raise
         except OSError as error:  # a full disk, a read-only folder: say what is kept and how to go on
@@ -135,6 +135,7 @@ def finish(cfg: TrainConfig, run_dir: Path, result: TrainResult, started: float,
         "monitor": cfg.trainer.monitor,
         "parameters": result.parameters,
         "wall_time_s": result.wall_time_s,
+        "start_s": result.start_s,  # data loading (the disk cache's fill) and set-up, to the first batch
         "precision": result.precision,
         "data": result.data,
         "logging_s": {key: round(value, 3) for key, value in result.logging_s.items()},

@@ -230,16 +230,18 @@ class DataCache:
             shutil.rmtree(temporary, ignore_errors=True)
             raise
 
+    def has_weights(self, entry: CacheEntry, key: str) -> bool:
+        return _has_array(entry.weights_path(key), entry.shape[1:], "float32")
+
     def add_weights(self, entry: CacheEntry, key: str, compute: Callable[[np.ndarray], np.ndarray]) -> None:
         """Write the loss weights ``compute(class ids)`` of ``entry`` as weights-``key``.npy unless they are
         there already (``key`` names the weighting and its settings)."""
         path = entry.weights_path(key)
-        height, width = entry.shape[1:]
-        if _has_array(path, (height, width), "float32"):
+        if self.has_weights(entry, key):
             return
         folder = entry.folder
         with _locked(folder.parent / f"{folder.name}.lock"):
-            if _has_array(path, (height, width), "float32"):
+            if self.has_weights(entry, key):
                 return
             for stale in folder.glob(f".{path.name}.*.tmp"):
                 stale.unlink(missing_ok=True)

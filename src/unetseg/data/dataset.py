@@ -32,6 +32,7 @@ from unetseg.data.synthetic import synthetic_sample
 from unetseg.io.limits import DEFAULT_MAX_PIXELS, PixelLimit, read_header
 from unetseg.runtime.console import progress_bars
 from unetseg.runtime.errors import UserError
+from unetseg.runtime.interrupts import stop_if_interrupted
 from unetseg.runtime.memory import available_memory
 from unetseg.runtime.paths import cache_root, user_path
 
@@ -73,8 +74,17 @@ class LabelledImages:
         if self.entries is None:
             self.weights = [compute(label) for label in self.labels]
             return
-        for entry in self.entries:
-            cache.add_weights(entry, key, compute)
+        missing = [entry for entry in self.entries if not cache.has_weights(entry, key)]
+        if missing:
+            with progress_bars() as progress:
+                task = progress.add_task("loss weights", total=len(missing), status=str(cache.root))
+                for done, entry in enumerate(missing, 1):
+                    cache.add_weights(entry, key, compute)
+                    progress.advance(task)
+                    stop_if_interrupted(
+                        f"computing loss weights stopped after {done} of {len(missing)} image(s); those stay in "
+                        f"{cache.root} and the next run starts from them"
+                    )
         self.weights = CachedView(self.entries, weights_reader(key))
 
     def _part(self, part: slice) -> LabelledImages:
@@ -349,12 +359,16 @@ def _cache_pairs(
     if missing:
         with progress_bars() as progress:
             task = progress.add_task("caching", total=len(missing), status=str(cache.root))
-            for index in missing:
+            for done, index in enumerate(missing, 1):
                 image_path, label_path = pairing.pairs[index]
                 entries[index] = cache.fill(
                     keys[index], lambda i=image_path, j=label_path: decode_pair(i, j, channels, rule, normalizer, limit)
                 )
                 progress.advance(task)
+                stop_if_interrupted(
+                    f"caching stopped after {done} of {len(missing)} file(s) to decode; those {done} stay in "
+                    f"{cache.root} and the next run starts from them"
+                )
     return cached_items([entry for entry in entries if entry is not None], pairing.rule, storage)
 
 

@@ -68,6 +68,7 @@ class TrainResult:
     stopped_early: bool
     parameters: int
     wall_time_s: float
+    start_s: float | None  # from the start (data loading, the disk cache's fill) to the first batch ready
     best_checkpoint: Path
     last_checkpoint: Path | None  # None with trainer.save_last=false
     data: dict[str, Any]  # image counts and sizes, for the report
@@ -114,6 +115,7 @@ class Trainer:
         self.interrupted_checkpoint: Path | None = None
         self.previews: list[Preview] = []
         self.pictures_s = 0.0  # drawing the loggers' pictures
+        self.start_s: float | None = None  # to the first training batch
         self.curves = CurvesFile(run_dir, self.class_names, cfg.trainer.monitor)
 
     def fit(self) -> TrainResult:
@@ -392,6 +394,8 @@ class Trainer:
                 if interrupt_requested() and "DataLoader worker" in str(error):
                     stop_if_interrupted()
                 raise
+            if self.start_s is None:
+                self.start_s = time.perf_counter() - self.started
             yield step, batch
 
     def refuse_non_finite(self, loss_sum: float, step: int) -> None:
@@ -537,6 +541,7 @@ class Trainer:
             stopped_early=self.stopped_early,
             parameters=self.parameters,
             wall_time_s=time.perf_counter() - self.started,
+            start_s=self.start_s,
             best_checkpoint=self.checkpoint_dir / "best.pt",
             last_checkpoint=self.checkpoint_dir / "last.pt" if self.cfg.trainer.save_last else None,
             data=self.data_facts(),
