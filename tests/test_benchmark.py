@@ -79,10 +79,10 @@ def test_big_data_benchmark_trains_the_big_folder_from_the_cache_in_its_budget(t
     assert list(runs) == [
         "big-8-first",
         "big-4-second",
-        "small-8-memory",
-        "small-8-cache",
-        "small-4-memory",
-        "small-4-cache",
+        "small-8-memory-1",
+        "small-8-cache-1",
+        "small-4-memory-1",
+        "small-4-cache-1",
     ]
     first, second = runs["big-8-first"], runs["big-4-second"]
     assert first["storage"].startswith("read from the disk cache") and "data.in_memory=auto" in first["storage"]
