@@ -333,10 +333,23 @@ CASES = [
         with_data(lambda d: ((d / "image" / "1.png").unlink(), bomb_tiff(d / "image" / "1.tif"))),
     ),
     Case(
-        "data set larger than memory",
-        ["train", *DATA, "data.max_pixels=0"],
-        ["decodes to", "GB of memory available"],
+        "data set larger than memory, held in memory",
+        ["train", *DATA, "data.max_pixels=0", "data.in_memory=true"],
+        ["decodes to", "GB of memory available", "data.in_memory=auto"],
         with_data(lambda d: (bomb_png(d / "image" / "2.png"), bomb_png(d / "label" / "2.png"))),
+    ),
+    Case(
+        "data set larger than the disk cache's disk",
+        ["train", *DATA, "data.max_pixels=0"],  # data.in_memory=auto: the disk cache, whose disk is too small
+        ["the data cache", "EB more but its disk has", "data.cache_dir="],
+        with_data(
+            lambda d: (
+                (d / "image" / "2.png").unlink(),
+                (d / "label" / "2.png").unlink(),
+                bomb_tiff(d / "image" / "2.tif", 3_000_000_000, 3_000_000_000),
+                bomb_tiff(d / "label" / "2.tif", 3_000_000_000, 3_000_000_000),
+            )
+        ),
     ),
     Case(
         "NaN pixel in a float TIFF",

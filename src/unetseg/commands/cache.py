@@ -9,9 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from unetseg.config import TrainConfig
-from unetseg.data.dataset import BYTES, data_cache, in_units, label_rule, load_splits
+from unetseg.data.dataset import data_cache, label_rule, load_splits
 from unetseg.data.normalize import PercentileNormalizer
 from unetseg.runner import run_command
+from unetseg.runtime.amounts import in_units
 from unetseg.runtime.console import console
 from unetseg.runtime.interrupts import interrupts_between_steps
 from unetseg.training.border_weights import loss_weights
@@ -38,7 +39,7 @@ def fill_cache(cfg: TrainConfig, run_dir: Path) -> dict[str, Any]:
     console.print(
         f"cached {images} image(s) of data.root={data.root} ({len(train)} training, {len(val)} validation"
         f"{', with loss weights' if weighted else ''}) in {seconds:.1f} s: {new} decoded now, {images - new} already "
-        f"cached · the cache {cache.root} holds {entries} entries, {in_units(size, BYTES)} "
+        f"cached · the cache {cache.root} holds {entries} entries, {in_units(size)} "
         f"(clear it with: rm -rf {cache.root})"
     )
     return {"cache": str(cache.root), "images": images, "decoded": new, "entries": entries, "bytes": size}

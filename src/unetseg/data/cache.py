@@ -34,6 +34,7 @@ import numpy as np
 
 from unetseg.data.decoding import DecodedPair
 from unetseg.data.normalize import Scaling
+from unetseg.runtime.amounts import in_units
 from unetseg.runtime.errors import UserError
 
 FORMAT = "unetseg-data-cache-1"  # in every key: a new layout never reads an old one
@@ -206,7 +207,7 @@ class DataCache:
 
     def _write(self, folder: Path, pair: DecodedPair) -> None:
         size = pair.raw.nbytes + pair.classes.nbytes + (0 if pair.instances is None else pair.instances.nbytes)
-        self._require_space(size)
+        self.require_space(size)
         temporary = folder.parent / f".{folder.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
         temporary.mkdir()
         try:
@@ -246,7 +247,7 @@ class DataCache:
             for stale in folder.glob(f".{path.name}.*.tmp"):
                 stale.unlink(missing_ok=True)
             weights = compute(entry.classes()).astype(np.float32, copy=False)
-            self._require_space(weights.nbytes)
+            self.require_space(weights.nbytes)
             temporary = folder / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
             try:
                 _save(temporary, weights)
@@ -255,15 +256,17 @@ class DataCache:
                 temporary.unlink(missing_ok=True)
                 raise
 
-    def _require_space(self, size: int) -> None:
+    def require_space(self, size: int) -> None:
+        """UserError unless the cache's disk has ``size`` bytes free (and a margin for everything else on it)."""
+        folder = next((f for f in [self.root, *self.root.parents] if f.exists()), self.root)
         try:
-            free = shutil.disk_usage(self.root).free
+            free = shutil.disk_usage(folder).free
         except OSError:
             return
-        if free < size + (64 << 20):  # and a margin for everything else on that disk
+        if free < size + (64 << 20):
             raise UserError(
-                f"the data cache {self.root} needs {size / 1e6:.0f} MB more but its disk has {free / 1e6:.0f} MB "
-                "free: free some space, or set data.cache_dir= to a folder on a larger disk"
+                f"the data cache {self.root} needs {in_units(size)} more but its disk has {in_units(free)} free: free "
+                "some space, set data.cache_dir= to a folder on a larger disk, or use fewer or smaller images"
             )
 
     def size(self) -> tuple[int, int]:

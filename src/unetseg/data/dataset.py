@@ -30,6 +30,7 @@ from unetseg.data.normalize import PercentileNormalizer
 from unetseg.data.pairing import Pairing, find_folders, pair_files
 from unetseg.data.synthetic import synthetic_sample
 from unetseg.io.limits import DEFAULT_MAX_PIXELS, PixelLimit, read_header
+from unetseg.runtime.amounts import BYTES, PIXELS, in_units
 from unetseg.runtime.console import progress_bars
 from unetseg.runtime.errors import UserError
 from unetseg.runtime.interrupts import stop_if_interrupted
@@ -154,17 +155,6 @@ def decoded_bytes(pixels: int, channels: int, instance_pixels: int = 0, weighted
     return pixels * (4 * channels + 1 + (4 if weighted else 0)) + 4 * instance_pixels
 
 
-def in_units(value: float, units: tuple[str, ...]) -> str:
-    """1234567 → "1.2 M<unit>": one decimal, in the largest unit (steps of 1000) that is at least 1."""
-    for power, unit in reversed(list(enumerate(units))):
-        if value >= 1000**power or power == 0:
-            return f"{value / 1000**power:.1f} {unit}"
-    raise AssertionError  # pragma: no cover
-
-
-BYTES = ("B", "kB", "MB", "GB", "TB")
-
-
 def check_memory(
     needed: int,
     images: int,
@@ -182,7 +172,7 @@ def check_memory(
         return
     raise UserError(
         f"the data set ({what}) decodes to {in_units(needed, BYTES)} ({images:,} images, "
-        f"{in_units(pixels, ('px', 'kpx', 'Mpx', 'Gpx', 'Tpx'))}), more than the "
+        f"{in_units(pixels, PIXELS)}), more than the "
         f"{in_units(available, BYTES)} of memory available: {fix}"
     )
 
@@ -238,6 +228,7 @@ class SetSize:
     images: int
     pixels: int
     decoded: int
+    cached: int = 0  # bytes in the disk cache: the image in its own dtype, class ids, instance maps, weights
 
 
 def check_files(
@@ -260,7 +251,7 @@ def measure_files(
 ) -> SetSize:
     """Every image and label within ``limit``, and the set's decoded size (:func:`decoded_bytes`), from the
     files' headers alone."""
-    images = pixels = instance_pixels = 0
+    images = pixels = instance_pixels = cached = 0
     for pairing in pairings:
         for image_path, label_path in pairing.pairs:
             image, label = read_header(image_path), read_header(label_path)
@@ -270,9 +261,11 @@ def measure_files(
                 continue
             images += 1
             pixels += image.pixels
-            if label is not None and _holds_instances(rule, label.itemsize):
+            instances = label is not None and _holds_instances(rule, label.itemsize)
+            if instances:
                 instance_pixels += image.pixels
-    return SetSize(images, pixels, decoded_bytes(pixels, channels, instance_pixels, weighted))
+            cached += image.pixels * (channels * image.itemsize + 1 + 4 * instances + 4 * weighted)
+    return SetSize(images, pixels, decoded_bytes(pixels, channels, instance_pixels, weighted), cached)
 
 
 def _limit(max_pixels: int | None) -> PixelLimit:
@@ -350,13 +343,16 @@ def _cache_pairs(
     normalizer: PercentileNormalizer,
     limit: PixelLimit,
     storage: str,
+    bytes_per_pair: float,
 ) -> LabelledImages:
-    """The pairs from the disk cache, decoding (with a progress bar) those not cached yet."""
+    """The pairs from the disk cache, decoding (with a progress bar) those not cached yet (``bytes_per_pair``: what
+    each takes there, on average, from the headers: a disk too small is said before the first one is written)."""
     settings = f"channels={channels}|{rule!r}|{normalizer!r}"
     keys = [entry_key(image, label, settings) for image, label in pairing.pairs]
     entries: list[CacheEntry | None] = [cache.open(key) for key in keys]
     missing = [index for index, entry in enumerate(entries) if entry is None]
     if missing:
+        cache.require_space(round(bytes_per_pair * len(missing)))
         with progress_bars() as progress:
             task = progress.add_task("caching", total=len(missing), status=str(cache.root))
             for done, index in enumerate(missing, 1):
@@ -416,7 +412,8 @@ def load_splits(
         pairings = [_folder_pairs(user_path(r), data.image_dir, data.label_dir, data.label_suffix) for r in roots]
         limit = _limit(data.max_pixels)
         what = " and ".join(f"{key}={root}" for key, root in zip(("data.root", "data.val_root"), roots, strict=False))
-        storage = choose_storage(data, measure_files(pairings, channels, rule, limit, weighted), what)
+        size = measure_files(pairings, channels, rule, limit, weighted)
+        storage = choose_storage(data, size, what)
         if storage.in_memory:
             everything, *validation = (_decode_pairs(p, channels, rule, normalizer, limit) for p in pairings)
             for part in (everything, *validation):
@@ -425,7 +422,8 @@ def load_splits(
             cache = cache or data_cache(data)
             reason = f"read from the disk cache {cache.root} ({storage.reason})"
             everything, *validation = (
-                _cache_pairs(cache, p, channels, rule, normalizer, limit, reason) for p in pairings
+                _cache_pairs(cache, p, channels, rule, normalizer, limit, reason, size.cached / max(1, size.images))
+                for p in pairings
             )
         if validation:
             return everything, validation[0]

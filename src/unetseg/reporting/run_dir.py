@@ -60,6 +60,9 @@ _ADDED_LATER = {
     "label_suffix": None,
     "synthetic": {"kind": "voronoi"},
     "max_pixels": 1073741824,
+    "in_memory": "auto",
+    "memory_share": 0.5,
+    "cache_dir": None,
 }
 
 
