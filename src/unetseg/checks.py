@@ -94,6 +94,7 @@ def check_data(d: DataConfig) -> None:
         0 < d.val_fraction < 1,
         f"data.val_fraction={d.val_fraction}: must be strictly between 0 and 1 (for example 0.2)",
     )
+    check_folds(d)
     _require(
         d.in_memory.lower() in ("auto", "true", "false"),
         f"data.in_memory={d.in_memory}: use auto (the disk cache when the data would take more than "
@@ -124,6 +125,38 @@ def check_data(d: DataConfig) -> None:
         f"e.g. data.synthetic.num_images={max(2, MAX_SYNTHETIC_PIXELS // syn.size**2)}",
     )
     check_seed(syn.seed, "data.synthetic.seed")
+
+
+def check_folds(d: DataConfig) -> None:
+    """data.folds and data.fold (unetseg.data.dataset.fold_blocks); whether there are enough images for the folds
+    is known once the folder is read (load_splits says it), for data=synthetic here."""
+    if d.folds is None:
+        _require(
+            d.fold == 0,
+            f"data.fold={d.fold} without data.folds: say how many folds there are (e.g. data.folds=5)",
+        )
+        return
+    _require(
+        d.folds >= 2,
+        f"data.folds={d.folds}: cut the images into at least 2 folds (e.g. data.folds=5), or set data.folds=null to "
+        "validate on the last data.val_fraction",
+    )
+    _require(
+        0 <= d.fold < d.folds,
+        f"data.fold={d.fold}: with data.folds={d.folds} the folds are 0 to {d.folds - 1}; choose one of them",
+    )
+    _require(
+        d.val_root is None,
+        f"data.folds={d.folds} with data.val_root={d.val_root}: a fold validates on its own block of data.root; "
+        "drop data.val_root (data.val_root=null), or data.folds (data.folds=null) to validate on data.val_root",
+    )
+    if d.source == DataSource.synthetic:
+        count = d.synthetic.num_images
+        _require(
+            d.folds <= count,
+            f"data.folds={d.folds} is more than the data.synthetic.num_images={count} images: choose data.folds "
+            f"between 2 and {count}, or generate more images",
+        )
 
 
 def check_train(cfg: TrainConfig) -> None:

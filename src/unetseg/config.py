@@ -193,6 +193,8 @@ class DataConfig:
     label_suffix: str | None = MISSING
     val_root: str | None = MISSING
     val_fraction: float = MISSING
+    folds: int | None = MISSING  # K contiguous blocks, block ``fold`` validates (null: the last val_fraction does)
+    fold: int = MISSING
     class_names: list[str] = MISSING
     label_encoding: LabelEncoding = MISSING
     target: TrainingTarget = MISSING

@@ -42,7 +42,9 @@ def labelled_images(cfg: EvaluateConfig, predictor: Predictor) -> tuple[Labelled
     train, val = load_splits(cfg.data, spec.in_channels, rule, normalizer)
     chosen = {"val": val, "train": train, "all": train + val}[cfg.split]
     where = cfg.data.root if cfg.data.root is not None else "synthetic data"
-    return chosen, f"{where} · split {cfg.split} ({', '.join(chosen.names[:6])}{' ...' if len(chosen) > 6 else ''})"
+    fold = f", fold {cfg.data.fold} of {cfg.data.folds}" if cfg.data.folds is not None else ""
+    names = f"{', '.join(chosen.names[:6])}{' ...' if len(chosen) > 6 else ''}"
+    return chosen, f"{where} · split {cfg.split}{fold} ({names})"
 
 
 def finite_or_none(scores: dict[str, float]) -> dict[str, float | None]:

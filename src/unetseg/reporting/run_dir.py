@@ -60,6 +60,8 @@ _ADDED_LATER = {
     "label_suffix": None,
     "synthetic": {"kind": "voronoi"},
     "max_pixels": 1073741824,
+    "folds": None,
+    "fold": 0,
 }
 
 
