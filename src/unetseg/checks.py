@@ -313,11 +313,30 @@ def check_max_pixels(value: int | None, key: str) -> None:
     )
 
 
+def check_checkpoint_setting(value: Any) -> None:
+    """predict's and evaluate's checkpoint= (typed Any: a path, or a list of them for an ensemble)."""
+    usage = "give a checkpoint, a run folder or an ensemble.yaml, or a list of checkpoints: checkpoint=[a.pt,b.pt]"
+    plain = (str, int, float)  # Hydra reads checkpoint=2024 as a number: a folder named 2024
+    if isinstance(value, list):
+        _require(bool(value), f"checkpoint=[] names no checkpoint: {usage}")
+        for item in value:
+            _require(
+                isinstance(item, plain) and not isinstance(item, bool) and item != "",
+                f"checkpoint={value}: {item!r} is not a path; {usage}",
+            )
+    else:
+        _require(
+            value is None or (isinstance(value, plain) and not isinstance(value, bool)),
+            f"checkpoint={value}: not a path; {usage}",
+        )
+
+
 def check_predict(cfg: PredictConfig) -> None:
     _require(
         cfg.input is not None,
         "input is not set: say which image or folder to segment, e.g. unetseg predict input=data/test",
     )
+    check_checkpoint_setting(cfg.checkpoint)
     check_inference(cfg)
     check_max_pixels(cfg.max_pixels, "max_pixels")
     unknown = [kind for kind in cfg.save if kind not in OUTPUT_KINDS]
@@ -346,6 +365,7 @@ EVALUATION_SPLITS = ("val", "train", "all")
 
 
 def check_evaluate(cfg: EvaluateConfig) -> None:
+    check_checkpoint_setting(cfg.checkpoint)
     check_inference(cfg)
     check_data(cfg.data)
     check_output_is_not_a_file(cfg.output, "metrics.json")
