@@ -94,6 +94,7 @@ def check_data(d: DataConfig) -> None:
         0 < d.val_fraction < 1,
         f"data.val_fraction={d.val_fraction}: must be strictly between 0 and 1 (for example 0.2)",
     )
+    check_folds(d)
     _require(
         d.in_memory.lower() in ("auto", "true", "false"),
         f"data.in_memory={d.in_memory}: use auto (the disk cache when the data would take more than "
@@ -124,6 +125,38 @@ def check_data(d: DataConfig) -> None:
         f"e.g. data.synthetic.num_images={max(2, MAX_SYNTHETIC_PIXELS // syn.size**2)}",
     )
     check_seed(syn.seed, "data.synthetic.seed")
+
+
+def check_folds(d: DataConfig) -> None:
+    """data.folds and data.fold (unetseg.data.dataset.fold_blocks); whether there are enough images for the folds
+    is known once the folder is read (load_splits says it), for data=synthetic here."""
+    if d.folds is None:
+        _require(
+            d.fold == 0,
+            f"data.fold={d.fold} without data.folds: say how many folds there are (e.g. data.folds=5)",
+        )
+        return
+    _require(
+        d.folds >= 2,
+        f"data.folds={d.folds}: cut the images into at least 2 folds (e.g. data.folds=5), or set data.folds=null to "
+        "validate on the last data.val_fraction",
+    )
+    _require(
+        0 <= d.fold < d.folds,
+        f"data.fold={d.fold}: with data.folds={d.folds} the folds are 0 to {d.folds - 1}; choose one of them",
+    )
+    _require(
+        d.val_root is None,
+        f"data.folds={d.folds} with data.val_root={d.val_root}: a fold validates on its own block of data.root; "
+        "drop data.val_root (data.val_root=null), or data.folds (data.folds=null) to validate on data.val_root",
+    )
+    if d.source == DataSource.synthetic:
+        count = d.synthetic.num_images
+        _require(
+            d.folds <= count,
+            f"data.folds={d.folds} is more than the data.synthetic.num_images={count} images: choose data.folds "
+            f"between 2 and {count}, or generate more images",
+        )
 
 
 def check_train(cfg: TrainConfig) -> None:
@@ -280,11 +313,30 @@ def check_max_pixels(value: int | None, key: str) -> None:
     )
 
 
+def check_checkpoint_setting(value: Any) -> None:
+    """predict's and evaluate's checkpoint= (typed Any: a path, or a list of them for an ensemble)."""
+    usage = "give a checkpoint, a run folder or an ensemble.yaml, or a list of checkpoints: checkpoint=[a.pt,b.pt]"
+    plain = (str, int, float)  # Hydra reads checkpoint=2024 as a number: a folder named 2024
+    if isinstance(value, list):
+        _require(bool(value), f"checkpoint=[] names no checkpoint: {usage}")
+        for item in value:
+            _require(
+                isinstance(item, plain) and not isinstance(item, bool) and item != "",
+                f"checkpoint={value}: {item!r} is not a path; {usage}",
+            )
+    else:
+        _require(
+            value is None or (isinstance(value, plain) and not isinstance(value, bool)),
+            f"checkpoint={value}: not a path; {usage}",
+        )
+
+
 def check_predict(cfg: PredictConfig) -> None:
     _require(
         cfg.input is not None,
         "input is not set: say which image or folder to segment, e.g. unetseg predict input=data/test",
     )
+    check_checkpoint_setting(cfg.checkpoint)
     check_inference(cfg)
     check_max_pixels(cfg.max_pixels, "max_pixels")
     unknown = [kind for kind in cfg.save if kind not in OUTPUT_KINDS]
@@ -313,6 +365,7 @@ EVALUATION_SPLITS = ("val", "train", "all")
 
 
 def check_evaluate(cfg: EvaluateConfig) -> None:
+    check_checkpoint_setting(cfg.checkpoint)
     check_inference(cfg)
     check_data(cfg.data)
     check_output_is_not_a_file(cfg.output, "metrics.json")

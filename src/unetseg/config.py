@@ -193,6 +193,8 @@ class DataConfig:
     label_suffix: str | None = MISSING
     val_root: str | None = MISSING
     val_fraction: float = MISSING
+    folds: int | None = MISSING  # K contiguous blocks, block ``fold`` validates (null: the last val_fraction does)
+    fold: int = MISSING
     class_names: list[str] = MISSING
     label_encoding: LabelEncoding = MISSING
     target: TrainingTarget = MISSING
@@ -289,7 +291,9 @@ class InferenceConfig:
 @dataclass
 class PredictConfig(InferenceConfig):
     input: str | None = MISSING
-    checkpoint: str | None = MISSING
+    # a checkpoint or run folder, an ensemble.yaml, or a list of checkpoints (an ensemble); null: the newest.
+    # Any: OmegaConf's unions cannot mix str and list (checks.check_checkpoint_setting checks the value)
+    checkpoint: Any = MISSING
     output: str | None = MISSING
     save: list[str] = MISSING
     probability_format: ProbabilityFormat = MISSING
@@ -303,7 +307,7 @@ class PredictConfig(InferenceConfig):
 
 @dataclass
 class EvaluateConfig(InferenceConfig):
-    checkpoint: str | None = MISSING
+    checkpoint: Any = MISSING  # as PredictConfig.checkpoint
     data: DataConfig = field(default_factory=DataConfig)
     split: str = MISSING
     input: str | None = MISSING

@@ -15,7 +15,14 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 from rich.table import Table
 
-from unetseg.reporting.sweeps import best_job, score_rows, split_overrides, summarize, write_sweep_report
+from unetseg.reporting.sweeps import (
+    best_job,
+    score_rows,
+    split_overrides,
+    summarize,
+    write_fold_ensemble,
+    write_sweep_report,
+)
 from unetseg.runtime.console import console
 
 _failed = 0
@@ -83,3 +90,9 @@ class SweepSummary(Callback):
         _failed = sum(row["status"] != "completed" for row in rows)
         console.print(summary_table(rows))
         console.print(written + (f" · [red]{_failed} job(s) failed[/]" if _failed else ""))
+        try:
+            ensemble = write_fold_ensemble(sweep_dir, rows)  # a sweep over the folds: one ensemble of them
+        except Exception as error:  # e.g. a full disk: the summary above stands
+            ensemble = f"[yellow]warning:[/] no ensemble.yaml ({type(error).__name__}: {error})"
+        if ensemble:
+            console.print(ensemble)

@@ -16,7 +16,7 @@ from unetseg.inference.evaluation import score_images
 from unetseg.inference.predictor import Predictor, build_predictor, objects_settings
 from unetseg.io.atomic import refuse_to_overwrite, write_text_atomic
 from unetseg.io.strict_json import to_json
-from unetseg.model.checkpoint import find_checkpoint
+from unetseg.model.ensemble import checkpoint_paths
 from unetseg.runner import run_command
 from unetseg.runtime.console import console
 from unetseg.runtime.errors import UserError
@@ -42,7 +42,9 @@ def labelled_images(cfg: EvaluateConfig, predictor: Predictor) -> tuple[Labelled
     train, val = load_splits(cfg.data, spec.in_channels, rule, normalizer)
     chosen = {"val": val, "train": train, "all": train + val}[cfg.split]
     where = cfg.data.root if cfg.data.root is not None else "synthetic data"
-    return chosen, f"{where} · split {cfg.split} ({', '.join(chosen.names[:6])}{' ...' if len(chosen) > 6 else ''})"
+    fold = f", fold {cfg.data.fold} of {cfg.data.folds}" if cfg.data.folds is not None else ""
+    names = f"{', '.join(chosen.names[:6])}{' ...' if len(chosen) > 6 else ''}"
+    return chosen, f"{where} · split {cfg.split}{fold} ({names})"
 
 
 def finite_or_none(scores: dict[str, float]) -> dict[str, float | None]:
@@ -65,8 +67,10 @@ def object_report(counts: InstanceCounts, predictor: Predictor) -> dict[str, Any
 
 
 def evaluate(cfg: EvaluateConfig, run_dir: Path) -> dict[str, Any]:
-    path = find_checkpoint(cfg.checkpoint, cfg.runs_root)
-    predictor = build_predictor(cfg, path)
+    paths = checkpoint_paths(cfg.checkpoint, cfg.runs_root)
+    predictor = build_predictor(cfg, paths, cfg.checkpoint)
+    name = paths[0].name if len(paths) == 1 else f"an ensemble of {len(paths)}"
+    checkpoints = str(paths[0]) if len(paths) == 1 else ", ".join(map(str, paths))
     method, settings = objects_settings(cfg)
     try:
         predictor.use_instances(method, **settings)
@@ -79,7 +83,7 @@ def evaluate(cfg: EvaluateConfig, run_dir: Path) -> dict[str, Any]:
     target = (user_path(cfg.output) if cfg.output else run_dir) / "metrics.json"
     refuse_to_overwrite([target], cfg.overwrite)
     console.print(f"[bold]{predictor.describe()}[/]")
-    console.print(f"[bold]checkpoint[/]: {path} · [bold]images[/]: {len(items)} from {source}")
+    console.print(f"[bold]checkpoint[/]: {checkpoints} · [bold]images[/]: {len(items)} from {source}")
 
     started = time.perf_counter()
     board = score_images(predictor, items)
@@ -87,7 +91,7 @@ def evaluate(cfg: EvaluateConfig, run_dir: Path) -> dict[str, Any]:
 
     mean = board.summary()
     rows = [(name, scores) for name, scores in board.per_image.items()] + [("all", mean)]
-    console.print(metrics_table(f"scores of {path.name} ({len(items)} images)", rows, class_names))
+    console.print(metrics_table(f"scores of {name} ({len(items)} images)", rows, class_names))
     console.print(
         "all: pixel error, Dice and IoU over every pixel of the set; Rand error and V_info: mean of the images"
         + (
@@ -98,7 +102,7 @@ def evaluate(cfg: EvaluateConfig, run_dir: Path) -> dict[str, Any]:
     )
     report = {
         "status": "completed",
-        "checkpoint": str(path),
+        "checkpoint": str(paths[0]) if len(paths) == 1 else [str(path) for path in paths],
         "source": source,
         "images": len(items),
         "settings": {
@@ -116,7 +120,7 @@ def evaluate(cfg: EvaluateConfig, run_dir: Path) -> dict[str, Any]:
         "seconds": round(seconds, 3),
     }
     write_text_atomic(target, to_json(report, indent=2), durable=True)
-    log.info("evaluated %d images with %s: %s", len(items), path, to_json(report["mean"]))
+    log.info("evaluated %d images with %s: %s", len(items), checkpoints, to_json(report["mean"]))
     console.print(f"metrics: {target}")
     return report
 

@@ -16,7 +16,7 @@ from unetseg.inference.sources import find_inputs, open_source
 from unetseg.inference.writers import OutputPlan, overlay_ids
 from unetseg.io.atomic import refuse_to_overwrite
 from unetseg.io.claims import claim_folder
-from unetseg.model.checkpoint import find_checkpoint
+from unetseg.model.ensemble import checkpoint_paths
 from unetseg.runner import run_command
 from unetseg.runtime.console import console
 from unetseg.runtime.distributed import current_world
@@ -39,8 +39,8 @@ def predict(cfg: PredictConfig, run_dir: Path) -> dict[str, Any]:
 
 def predict_into(cfg: PredictConfig, images: list[Path], output: Path) -> dict[str, Any]:
     """Predict ``images`` into the claimed folder ``output``."""
-    checkpoint_path = find_checkpoint(cfg.checkpoint, cfg.runs_root)
-    predictor = build_predictor(cfg, checkpoint_path)
+    checkpoints = checkpoint_paths(cfg.checkpoint, cfg.runs_root)
+    predictor = build_predictor(cfg, checkpoints, cfg.checkpoint)
     class_names = predictor.checkpoint.class_names
     plan = OutputPlan(
         tuple(cfg.save),
@@ -62,7 +62,7 @@ def predict_into(cfg: PredictConfig, images: list[Path], output: Path) -> dict[s
     refuse_to_overwrite(output_files(sources, plan, output), cfg.overwrite)
 
     summary = predict_sources(sources, predictor, plan, output)
-    log.info("%s (checkpoint %s)", summary.line(), checkpoint_path)
+    log.info("%s (checkpoint %s)", summary.line(), ", ".join(map(str, checkpoints)))
     console.print(summary.line())
     return {**asdict(summary), "output": str(summary.output)}
 

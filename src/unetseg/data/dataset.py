@@ -106,8 +106,13 @@ class LabelledImages:
         cut = len(self) - count
         return self._part(slice(None, cut)), self._part(slice(cut, None))
 
+    def split_block(self, block: slice) -> tuple[LabelledImages, LabelledImages]:
+        """Hold out ``block``, one contiguous block, for validation; the items before and after it train."""
+        before, after = self._part(slice(None, block.start)), self._part(slice(block.stop, None))
+        return before + after, self._part(block)
+
     def __add__(self, other: LabelledImages) -> LabelledImages:
-        """Both sets, this one first (without loss weights)."""
+        """Both sets, this one first (without loss weights; its pairing and storage descriptions)."""
         digests = self.digests + other.digests if self.digests is not None and other.digests is not None else None
         if self.entries is not None and other.entries is not None:
             return cached_items(self.entries + other.entries, self.pairing, self.storage)
@@ -117,7 +122,9 @@ class LabelledImages:
             [*self.labels, *other.labels],
             self.names + other.names,
             instances=instances,
+            pairing=self.pairing,
             digests=digests,
+            storage=self.storage,
         )
 
     def has_uniform_size(self) -> bool:
@@ -384,6 +391,14 @@ def synthetic_images(
     return LabelledImages(images, labels, names, instances=instances, digests=digests, storage="in memory (generated)")
 
 
+def fold_blocks(count: int, folds: int) -> list[slice]:
+    """``count`` items in order cut into ``folds`` contiguous blocks whose sizes differ by at most one (the first
+    ``count % folds`` one longer, as numpy.array_split): adjacent EM slices correlate, so they stay together."""
+    size, longer = divmod(count, folds)
+    bounds = [fold * size + min(fold, longer) for fold in range(folds + 1)]
+    return [slice(start, stop) for start, stop in zip(bounds, bounds[1:], strict=False)]
+
+
 def label_rule(data: DataConfig, num_classes: int) -> LabelRule:
     return LabelRule(num_classes, data.label_encoding.value, data.target.value, data.boundary_width)
 
@@ -400,12 +415,14 @@ def load_splits(
     file is decoded, every size is checked against data.max_pixels, and data.in_memory chooses between memory
     and the disk cache from the decoded size (``weighted``: the loss keeps a float32 weight per pixel too, as
     training.losses.WEIGHTED do; see :func:`choose_storage`). ``cache``: the disk cache to use (default: the
-    one data.cache_dir names)."""
+    one data.cache_dir names). The validation set is data.val_root, else block data.fold of data.folds
+    (:func:`fold_blocks`), else the last data.val_fraction: contiguous blocks in natural order."""
     if data.source == DataSource.synthetic:
         if channels != 1:
             raise UserError("data=synthetic makes grayscale images: use model.in_channels=1")
         syn = data.synthetic
         everything = synthetic_images(syn.kind.value, syn.num_images, syn.size, syn.seed, rule, normalizer)
+        what = f"data=synthetic (data.synthetic.num_images={syn.num_images})"
     else:
         assert data.root is not None  # check_train guarantees it
         roots = [data.root] if data.val_root is None else [data.root, data.val_root]
@@ -427,6 +444,13 @@ def load_splits(
             )
         if validation:
             return everything, validation[0]
+    if data.folds is not None:  # check_data: 0 <= fold < folds, no data.val_root
+        if data.folds > len(everything):
+            raise UserError(
+                f"data.folds={data.folds}, but {what} holds {len(everything)} labelled image(s): choose "
+                f"data.folds between 2 and {len(everything)}, so that every fold validates on at least one image"
+            )
+        return everything.split_block(fold_blocks(len(everything), data.folds)[data.fold])
     val_count = max(1, round(len(everything) * data.val_fraction))
     if len(everything) - val_count < 1:
         raise UserError(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,12 +18,14 @@ from unetseg.inference.sliding_window import (
     TileGrid,
     assemble,
     blended_rows,
+    mean_of,
     plan_tiles,
     single_pass_input,
     single_pass_output,
     with_tta,
 )
-from unetseg.model.checkpoint import Checkpoint, load_checkpoint
+from unetseg.model.checkpoint import Checkpoint
+from unetseg.model.ensemble import ensemble_name, load_members, shared_threshold
 from unetseg.model.head import classes_from_probabilities
 from unetseg.objects.instances import InstanceRule, boundary_evidence, make_instances, objects_from, resolve_rule
 from unetseg.runtime.device import resolve_device
@@ -58,26 +60,38 @@ class Tiling:
 
 
 class Predictor:
+    """One checkpoint, or an ensemble of several (checked to fit together: unetseg.model.ensemble.load_members)
+    whose probabilities are averaged per tile batch, each member with its own test-time augmentation: the
+    members run one after the other on the same batch, so memory holds one member's output beside the sum."""
+
     def __init__(
         self,
-        checkpoint: Checkpoint,
+        checkpoint: Checkpoint | Sequence[Checkpoint],
         fast: FastPath,
         threshold: float | None = None,
         tiling: Tiling | None = None,
         backend: str = "torch",
+        name: str = "",
     ) -> None:
-        self.checkpoint = checkpoint
+        self.members = [checkpoint] if isinstance(checkpoint, Checkpoint) else list(checkpoint)
+        self.checkpoint = self.members[0]  # classes, input and normalisation: the same for every member
         self.fast = fast
-        self.threshold = checkpoint.threshold if threshold is None else threshold
+        self.name = name  # for the start-up line, e.g. "ensemble outputs/sweep/x/ensemble.yaml (5 members)"
+        common, self.threshold_note = shared_threshold(self.members)
+        self.threshold = common if threshold is None else threshold
+        if threshold is not None:
+            self.threshold_note = ""
         self.tiling = tiling or Tiling()
-        minimum = 2**checkpoint.model.depth
-        if self.tiling.tile is not None and self.tiling.tile < minimum:
+        depth = max(member.model.depth for member in self.members)
+        self.size_multiple = 2**depth  # every member's input side is a multiple of its 2**depth
+        if self.tiling.tile is not None and self.tiling.tile < self.size_multiple:
             raise UserError(
-                f"tile_size={self.tiling.tile} is smaller than this network's minimum input ({minimum} px for "
-                f"depth {checkpoint.model.depth}): use a larger tile_size"
+                f"tile_size={self.tiling.tile} is smaller than this network's minimum input ({self.size_multiple} "
+                f"px for depth {depth}): use a larger tile_size"
             )
-        self.network = build_network(checkpoint, fast, backend)
-        self.forward = with_tta(self.network, self.tiling.tta)
+        self.networks = [build_network(member, fast, backend) for member in self.members]
+        self.network = self.networks[0]
+        self.forward = mean_of([with_tta(network, self.tiling.tta) for network in self.networks])
         self.instance_rule: InstanceRule | None = None  # set when objects are asked for
 
     def use_instances(self, method: str, **settings: Any) -> InstanceRule:
@@ -97,7 +111,9 @@ class Predictor:
         tiles = f"tiles ≤ {t.tile} px, overlap {t.overlap}" if t.tile else "whole images"
         margin = f", margin {t.margin} px" if t.margin else ""
         objects = f" · {self.instance_rule.describe()}" if self.instance_rule is not None else ""
-        return f"{self.network.describe()} · {tiles}{margin} · TTA {t.tta} · threshold {self.threshold}{objects}"
+        name = f"{self.name} · " if self.name else ""
+        threshold = f"threshold {self.threshold:g}{self.threshold_note}"
+        return f"{name}{self.network.describe()} · {tiles}{margin} · TTA {t.tta} · {threshold}{objects}"
 
     @property
     def in_channels(self) -> int:
@@ -148,7 +164,7 @@ class Predictor:
     def grid(self, height: int, width: int) -> TileGrid:
         """Where the tiles of a ``height × width`` image go (one pass when it fits in a tile)."""
         t = self.tiling
-        return plan_tiles(height, width, t.tile, t.overlap, t.margin, 2**self.checkpoint.model.depth)
+        return plan_tiles(height, width, t.tile, t.overlap, t.margin, self.size_multiple)
 
     @torch.inference_mode()
     def segment_batch(
@@ -218,11 +234,13 @@ class Predictor:
         return classes[0].to(torch.uint8).numpy()
 
 
-def build_predictor(cfg: InferenceConfig, path: Path) -> Predictor:
-    """The Predictor that the shared inference settings (conf/inference.yaml) describe, for one checkpoint."""
+def build_predictor(cfg: InferenceConfig, paths: list[Path], given: Any = None) -> Predictor:
+    """The Predictor that the shared inference settings (conf/inference.yaml) describe, for one checkpoint or
+    an ensemble of several (``given``: what checkpoint= said, for the start-up line)."""
     fast = choose_fast_path(resolve_device(cfg.device), cfg.precision.value, cfg.channels_last)
     tiling = Tiling(cfg.tile_size, cfg.overlap, cfg.gaussian, cfg.batch_size, cfg.tta.value, cfg.margin)
-    return Predictor(load_checkpoint(path), fast, cfg.threshold, tiling, cfg.backend.value)
+    members = load_members(paths)
+    return Predictor(members, fast, cfg.threshold, tiling, cfg.backend.value, ensemble_name(given, paths))
 
 
 def objects_settings(cfg: InferenceConfig) -> tuple[str, dict[str, Any]]:

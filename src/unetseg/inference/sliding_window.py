@@ -136,6 +136,21 @@ def with_tta(forward: Forward, tta: str) -> Forward:
     return averaged
 
 
+def mean_of(forwards: list[Forward]) -> Forward:
+    """An ensemble's forward: its members' probabilities for the same batch, averaged. The members run one after
+    the other, so memory holds one member's output beside the running sum, never one map per member."""
+    if len(forwards) == 1:
+        return forwards[0]
+
+    def mean(batch: torch.Tensor) -> torch.Tensor:
+        total = forwards[0](batch).float()
+        for forward in forwards[1:]:
+            total = total + forward(batch).float()
+        return total / len(forwards)
+
+    return mean
+
+
 Prepare = Callable[[np.ndarray], np.ndarray]  # raw crops (N, C, h, w) → normalised float32, same shape
 
 

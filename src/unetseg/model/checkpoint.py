@@ -87,6 +87,8 @@ def load_checkpoint(path: Path) -> Checkpoint:
     except Exception:  # torch raises many types for foreign files; all mean the same to the user
         raw = None
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+        if path.suffix in (".yaml", ".yml"):  # unetseg.model.ensemble: predict's and evaluate's ensembles
+            raise UserError(f"{path} is YAML, not a checkpoint: give a best.pt (predict and evaluate take ensembles)")
         raise UserError(f"{path} is not a unetseg checkpoint: use a best.pt or last.pt from a unetseg train run")
     if raw.get("format_version") != FORMAT_VERSION:
         raise UserError(

@@ -63,6 +63,8 @@ _ADDED_LATER = {
     "in_memory": "auto",
     "memory_share": 0.5,
     "cache_dir": None,
+    "folds": None,
+    "fold": 0,
 }
 
 

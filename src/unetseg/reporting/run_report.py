@@ -30,6 +30,8 @@ def _glance(run: TrainingRun, best: dict[str, Any] | None) -> list[tuple[str, st
     else:
         counts = "counts not recorded (a run from an earlier unetseg)"
     split = f"data.val_root={s('data.val_root')}" if s("data.val_root") else f"last {s('data.val_fraction')} held out"
+    if s("data.folds"):
+        split = f"fold {s('data.fold')} of {s('data.folds')} (contiguous blocks) held out"
     patch = s("data.patch_size")
     crops = f", {patch}×{patch} crops" if patch else ", whole images"
     if s("data.samples_per_epoch"):

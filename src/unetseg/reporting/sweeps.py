@@ -14,6 +14,7 @@ from omegaconf import OmegaConf
 
 from unetseg import __version__
 from unetseg.io.atomic import write_bytes_atomic, write_text_atomic
+from unetseg.model.ensemble import ENSEMBLE_FILE, Member, write_ensemble
 from unetseg.reporting.pages import data_uri, render, write_page
 from unetseg.reporting.run_dir import job_dirs
 from unetseg.runtime.errors import UserError
@@ -161,3 +162,43 @@ def write_sweep_report(sweep_dir: Path) -> tuple[Path, list[dict[str, Any]]]:
     target = sweep_dir / "report.html"
     write_page(target, html)
     return target, rows
+
+
+def _fold_of(overrides: list[str]) -> int | None:
+    """The data.fold=N among a job's overrides, or None."""
+    for override in overrides:
+        key, _, value = override.lstrip("+").partition("=")
+        if key == "data.fold" and value.strip().lstrip("-").isdigit():
+            return int(value)
+    return None
+
+
+def write_fold_ensemble(sweep_dir: Path, rows: list[dict[str, Any]]) -> str | None:
+    """ensemble.yaml in the sweep folder when the jobs differ only in data.fold (``-m data.folds=K
+    data.fold=0,...``): every completed job's best.pt with its fold; failed jobs are left out, and said.
+    Returns the line to print, or None for any other sweep."""
+    if len(rows) < 2:
+        return None
+    lists = [row.get("override_list", []) for row in rows]
+    common = set.intersection(*(set(overrides) for overrides in lists))
+    keys = {o.lstrip("+~").partition("=")[0] for overrides in lists for o in overrides if o not in common}
+    if keys != {"data.fold"}:
+        return None
+    members: list[Member] = []
+    left_out: list[dict[str, Any]] = []
+    for row, overrides in zip(rows, lists, strict=True):
+        fold, best = _fold_of(overrides), Path(row["run_dir"]) / "checkpoints" / "best.pt"
+        if row["status"] == "completed" and best.is_file():
+            members.append(Member(best, fold))
+        else:
+            why = row.get("error") or ("no checkpoints/best.pt" if row["status"] == "completed" else row["status"])
+            left_out.append({"job": row["job"], "fold": fold, "status": row["status"], "why": why})
+    said = "; left out: " + ", ".join(f"job {o['job']} (fold {o['fold']}, {o['status']})" for o in left_out)
+    said = said if left_out else ""
+    if not members:
+        return f"no {ENSEMBLE_FILE}: none of the fold jobs completed{said}"
+    config = members[0].checkpoint.parents[1] / ".hydra" / "config.yaml"  # the job's composed config
+    folds = OmegaConf.select(OmegaConf.load(config), "data.folds") if config.is_file() else None
+    target = sweep_dir / ENSEMBLE_FILE
+    write_ensemble(target, members, folds, left_out)
+    return f"ensemble of {len(members)} fold(s): {target} (for predict and evaluate: checkpoint=<that file>){said}"

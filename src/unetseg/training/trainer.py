@@ -207,7 +207,11 @@ class Trainer:
         log.info("%s%s", self.fast.describe(), ranks)
         patches = f" ({cfg.data.patch_size}×{cfg.data.patch_size} crops)" if cfg.data.patch_size else ""
         patches += f", {len(self.loader.dataset)} samples per epoch" if cfg.data.samples_per_epoch else ""  # type: ignore[arg-type]
-        pairing = f" ({self.train_items.pairing})" if self.train_items.pairing else ""
+        pairing = ""
+        if cfg.data.folds is not None:  # which block validates: fold i of K, by its first and last image
+            names = self.val_items.names
+            pairing = f", fold {cfg.data.fold} of {cfg.data.folds} validates ({names[0]} … {names[-1]})"
+        pairing += f" ({self.train_items.pairing})" if self.train_items.pairing else ""
         pairing += f", {self.train_items.storage}" if self.train_items.storage else ""
         recipe = (
             f"{cfg.optim.name.value} lr {cfg.optim.lr:g}, {cfg.schedule.name.value}, {t.loss.value}, "
@@ -557,6 +561,7 @@ class Trainer:
             "train_images": len(self.train_items),
             "val_images": len(self.val_items),
             "image_sizes": sorted(sizes),
+            **({"fold": self.cfg.data.fold, "folds": self.cfg.data.folds} if self.cfg.data.folds is not None else {}),
         }
 
     def checkpoint(self, training_state: dict[str, Any] | None = None, epoch: int | None = None) -> Checkpoint:
