@@ -49,7 +49,7 @@ def timer(seconds: dict[int, float]):  # noqa: ANN201 - the planner's StepTimer
 def test_tiny_images_are_trained_whole_in_big_batches_with_the_widest_net_that_fits() -> None:
     data = fingerprint(40, 64, 8, p90=10, thin=0.2, fractions=[0.7, 0.3])
     time_step = timer({16: 0.05, 32: 0.15, 64: 0.5})
-    plan = make_plan(data, "cpu", False, 20 * 60, ["background", "foreground"], time_step).values()
+    plan = make_plan(data, "cpu", False, None, ["background", "foreground"], time_step).values()  # 20m by default
     assert plan["model.depth"] == 3  # receptive field 96 px ≥ 2 × 10 px
     assert plan["data.patch_size"] == 64 and plan["trainer.batch_size"] == 32  # whole images, the pixels of 8×256²
     assert plan["model.base_channels"] == 64  # 1,080 s / 0.5 s = 2,160 steps ≥ 2,000
@@ -154,7 +154,7 @@ def test_schedules_reach_their_end_wherever_the_horizon_moves() -> None:
 
     for name in (ScheduleName.poly, ScheduleName.cosine, ScheduleName.onecycle):
         moved = rates(name.value, {20: 60})  # the budget turns out to hold 60 steps, not 100
-        assert moved[-1] < 0.02 * max(moved), name  # at (or next to) its end at step 60
+        assert moved[-1] < 0.03 * max(moved), name  # at (or next to) its end at step 60
         assert rates(name.value, {})[-1] > 0.1 * max(moved), name  # unmoved, it was mid-way
     optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
     reference = torch.optim.lr_scheduler.OneCycleLR(

@@ -91,7 +91,7 @@ def fingerprint_pairs(pairs: list[DecodedPair], headers: list[tuple[int, int]], 
         channels=raw.shape[0],
         bits=8 * raw.dtype.itemsize,
         intensity_percentiles={name: float(v) for name, v in zip(("p1", "p50", "p99"), percentiles, strict=True)},
-        class_fractions=list(counts / max(1, counts.sum())),
+        class_fractions=[float(share) for share in counts / max(1, counts.sum())],
         object_diameters={
             "median": round(float(np.median(diameters)), 1) if diameters else 0.0,
             "p90": round(float(np.percentile(diameters, 90)), 1) if diameters else 0.0,
