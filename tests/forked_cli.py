@@ -19,7 +19,7 @@ from pathlib import Path
 SERVER = r"""
 import importlib, json, logging, os, signal, sys, time
 import unetseg.cli
-for name in ("train", "predict", "evaluate", "export", "synthesize", "report", "cache"):
+for name in ("train", "predict", "evaluate", "export", "synthesize", "report", "cache", "plan"):
     importlib.import_module(f"unetseg.commands.{name}")
 print("ready", flush=True)
 for line in sys.stdin:

@@ -26,6 +26,7 @@ RANKS = {
     "inference": 6,
     "checks": 7,
     "reporting": 7,
+    "planning": 7,
     "sweep": 8,
     "overrides": 8,
     "runner": 9,
@@ -34,7 +35,7 @@ RANKS = {
     "__main__": 12,
 }
 LOWER_FOLDERS = ("io", "data", "scoring", "model", "runtime", "tracking", "objects")
-UPPER_FOLDERS = ("training", "inference", "reporting", "commands")
+UPPER_FOLDERS = ("training", "inference", "reporting", "planning", "commands")
 
 
 def room_of(path: Path) -> str:

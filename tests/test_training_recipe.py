@@ -22,7 +22,7 @@ from unetseg.training.border_weights import border_weight_map, class_balance, tw
 from unetseg.training.losses import compute_loss
 from unetseg.training.monitor import Monitor
 from unetseg.training.optimizers import build_optimizer
-from unetseg.training.schedules import build_schedule
+from unetseg.training.schedules import Horizon, build_schedule
 
 
 def test_border_weight_map_follows_the_unet_formula() -> None:
@@ -75,7 +75,7 @@ def schedule_config(name: str, **values: float) -> ScheduleConfig:
 
 def lrs(name: str, steps: int, **values: float) -> list[float]:
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
-    schedule = build_schedule(optimizer, schedule_config(name, **values), steps, lower_is_better=True)
+    schedule = build_schedule(optimizer, schedule_config(name, **values), Horizon(steps), lower_is_better=True)
     seen = []
     for _ in range(steps):
         seen.append(optimizer.param_groups[0]["lr"])
@@ -97,18 +97,18 @@ def test_schedules_have_their_shapes() -> None:
 
 def test_plateau_schedule_and_state_round_trip() -> None:
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
-    schedule = build_schedule(optimizer, schedule_config("plateau"), 100, lower_is_better=True)
+    schedule = build_schedule(optimizer, schedule_config("plateau"), Horizon(100), lower_is_better=True)
     for value in (1.0, 1.0, 1.0):  # no improvement for longer than patience = 1
         schedule.after_validation(value)
     assert optimizer.param_groups[0]["lr"] == pytest.approx(0.05)
     poly_optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
-    poly = build_schedule(poly_optimizer, schedule_config("poly"), 10, lower_is_better=True)
+    poly = build_schedule(poly_optimizer, schedule_config("poly"), Horizon(10), lower_is_better=True)
     for _ in range(4):
         poly_optimizer.step()
         poly.after_step()
     state = poly.state_dict()
     fresh_optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
-    fresh = build_schedule(fresh_optimizer, schedule_config("poly"), 10, lower_is_better=True)
+    fresh = build_schedule(fresh_optimizer, schedule_config("poly"), Horizon(10), lower_is_better=True)
     fresh.load_state_dict(state)
     fresh_optimizer.load_state_dict(poly_optimizer.state_dict())
     for optimizer_, schedule_ in ((poly_optimizer, poly), (fresh_optimizer, fresh)):

@@ -34,6 +34,7 @@ from unetseg.runtime.errors import UserError
 from unetseg.runtime.paths import user_path
 from unetseg.scoring.names import INSTANCE_SCORES, validation_scores
 from unetseg.tracking.loggers import check_logger_packages
+from unetseg.training.budget import duration_seconds
 
 # Bounds shared by more than one command (each in one place).
 MAX_SEED = 2**32 - 1  # numpy's seed range (np.random.seed), the narrowest of the generators a seed feeds
@@ -161,6 +162,12 @@ def check_folds(d: DataConfig) -> None:
 
 def check_train(cfg: TrainConfig) -> None:
     m, o, d, t = cfg.model, cfg.optim, cfg.data, cfg.trainer
+    if t.time_budget is not None:
+        seconds = duration_seconds(t.time_budget)
+        _require(
+            seconds is not None and math.isfinite(seconds) and seconds > 0,
+            f"trainer.time_budget={t.time_budget}: give a duration such as 20m, 90s, 2h or 1h30m",
+        )
     problem = spec_problem(m)
     _require(problem is None, str(problem))
     check_max_pixels(d.max_pixels, "data.max_pixels")
@@ -461,5 +468,6 @@ CHECKS: dict[str, Callable[[Any], None]] = {
         "export": check_export,
         "synthesize": check_synthesize,
         "cache": check_cache,
+        "plan": check_train,
     }.items()
 }

@@ -18,6 +18,7 @@ COMMANDS = {
     "synthesize": "write the built-in synthetic EM-like data as image/ and label/ folders",
     "export": "write a checkpoint as an ONNX or TorchScript model (unetseg export --help)",
     "report": "write report.html for a training run or a sweep: curves, figures, validation gallery",
+    "plan": "the recipe experiment=auto would train on your data on this machine, with the reasons",
     "cache": "decode a training folder into the disk cache ahead of time (data sets larger than memory)",
 }
 

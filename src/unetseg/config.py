@@ -236,6 +236,7 @@ class TrainerConfig:
     mlflow_experiment: str = MISSING
     report_images: int = MISSING
     save_last: bool = MISSING
+    time_budget: str | None = MISSING  # "20m", "90s", "2h": as many epochs as fit (training.budget)
     object_scores: bool = MISSING
 
 
@@ -258,6 +259,7 @@ class TrainConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     runs_root: str = MISSING
     verbose: bool = MISSING
+    plan: bool = MISSING  # experiment=auto: plan the recipe from the data and this machine (unetseg.planning)
 
 
 @dataclass

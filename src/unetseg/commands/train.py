@@ -15,19 +15,24 @@ from typing import Any
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
+from unetseg.checks import CHECKS
 from unetseg.config import TrainConfig
 from unetseg.io.atomic import write_text_atomic
 from unetseg.io.claims import claim_folder
 from unetseg.io.strict_json import to_json
+from unetseg.model.checkpoint import checkpoint_in
 from unetseg.overrides import hydra_quoted, quoting_advice
+from unetseg.planning.apply import apply_plan, given_keys, is_given, plan_for
+from unetseg.planning.rules import describe_fingerprint
 from unetseg.reporting.run_report import write_run_report
 from unetseg.runner import run_command
 from unetseg.runtime.console import config_tree, console
-from unetseg.runtime.distributed import current_world, gather_objects
-from unetseg.runtime.errors import MachineFault, describe_storage_error
+from unetseg.runtime.distributed import broadcast_from_main, current_world, gather_objects
+from unetseg.runtime.errors import MachineFault, UserError, describe_storage_error
 from unetseg.runtime.interrupts import Interrupted, interrupts_between_steps
 from unetseg.runtime.paths import user_path
 from unetseg.tracking.loggers import Loggers, flatten, open_loggers
+from unetseg.training.budget import readable
 from unetseg.training.run_folder import refuse_to_train_into
 from unetseg.training.trainer import Trainer, TrainResult
 
@@ -49,8 +54,48 @@ def start_loggers(cfg: TrainConfig, run_dir: Path, tree: dict[str, Any], resumed
     return loggers
 
 
+def planned(cfg: TrainConfig, run_dir: Path) -> TrainConfig:
+    """experiment=auto: the recipe planned for this data on this machine, merged into ``cfg`` wherever the command
+    line left the key open; printed, and written to plan.yaml. Rank 0 plans for every rank. A run that resumes
+    a planned run (trainer.resume=PATH) takes that run's plan.yaml, so it continues the same experiment."""
+    world = current_world()
+    given = given_keys(list(HydraConfig.get().overrides.task))
+    reused = reused_plan(cfg.trainer.resume)
+    plan = None
+    if reused is not None:
+        values = reused
+    else:
+        plan = plan_for(cfg) if world.is_main else None
+        values = broadcast_from_main(plan.values() if plan is not None else None)  # type: ignore[assignment]
+    result = apply_plan(cfg, values, given)
+    CHECKS["train"](result)
+    if world.is_main and plan is not None:
+        console.print(describe_fingerprint(plan))
+        console.print(plan.table({key for key in values if is_given(key, given)}))
+        write_text_atomic(run_dir / "plan.yaml", plan.to_yaml())
+        log.info("plan: %s", plan.values())
+    elif reused is not None:
+        console.print(f"plan: the resumed run's plan.yaml ({len(reused)} settings)")
+    return result
+
+
+def reused_plan(resume: str | None) -> dict[str, Any] | None:
+    """The settings of the plan.yaml beside the checkpoint that trainer.resume names (not for resume=auto)."""
+    if resume is None or resume == "auto":
+        return None
+    path = checkpoint_in(resume, "last.pt", "trainer.resume").parent.parent / "plan.yaml"
+    if not path.is_file():
+        return None
+    settings = OmegaConf.to_container(OmegaConf.load(path)).get("settings")  # type: ignore[union-attr]
+    if not isinstance(settings, dict):
+        raise UserError(f"{path} has no settings: resume without experiment=auto, or train again")
+    return settings
+
+
 def train(cfg: TrainConfig, run_dir: Path) -> dict[str, Any]:
     started = time.time()
+    if cfg.plan:
+        cfg = planned(cfg, run_dir)
     tree = OmegaConf.to_container(OmegaConf.structured(cfg), enum_to_str=True)
     if cfg.verbose:  # the run directory keeps it anyway, in .hydra/config.yaml
         console.print(config_tree(tree, title="unetseg train"))  # type: ignore[arg-type]
@@ -62,7 +107,7 @@ def train(cfg: TrainConfig, run_dir: Path) -> dict[str, Any]:
     claim = claim_folder(run_dir, "train", "choose another hydra.run.dir") if current_world().is_main else nullcontext()
     with claim:
         refuse_to_train_into(run_dir, cfg.trainer.resume)
-        trainer = Trainer(cfg, run_dir, open_loggers_for)
+        trainer = Trainer(cfg, run_dir, open_loggers_for, started_unix=started)
         try:
             with interrupts_between_steps():
                 result = trainer.fit()
@@ -142,6 +187,9 @@ def finish(cfg: TrainConfig, run_dir: Path, result: TrainResult, started: float,
         "checkpoint_best": str(result.best_checkpoint),
         "checkpoint_last": str(result.last_checkpoint) if result.last_checkpoint else None,
     }
+    if result.time_budget is not None:  # the time spent up to here: the report comes after
+        spent = result.time_budget["spent_before_s"] + time.time() - started
+        summary["time_budget"] = {**result.time_budget, "spent_s": round(spent, 1)}
     summary["process"] = {
         "host": socket.gethostname(),
         "pid": os.getpid(),
@@ -161,6 +209,14 @@ def finish(cfg: TrainConfig, run_dir: Path, result: TrainResult, started: float,
     console.print(f"last checkpoint: {result.last_checkpoint or 'not kept (trainer.save_last=false: no resume)'}")
     console.print(f"metrics: {run_dir / 'metrics.jsonl'} (per epoch), {run_dir / 'metrics.json'} (summary)")
     console.print(f"curves: {run_dir / 'curves.png'} · report: {report}")
+    if result.time_budget is not None:
+        spent = result.time_budget["spent_before_s"] + time.time() - started
+        line = (
+            f"time budget {readable(result.time_budget['budget_s'])}: {result.epochs} epochs, {readable(spent)} "
+            "in all (data, training, validation, checkpoints and the report)"
+        )
+        console.print(line)
+        log.info("%s", line)
     return summary
 
 

@@ -279,7 +279,7 @@ def _limit(max_pixels: int | None) -> PixelLimit:
     return PixelLimit(max_pixels, "data.max_pixels")
 
 
-def _folder_pairs(root: Path, image_dir: str | None, label_dir: str | None, label_suffix: str | None) -> Pairing:
+def folder_pairs(root: Path, image_dir: str | None, label_dir: str | None, label_suffix: str | None) -> Pairing:
     _existing_folder(root, "data folder")
     image_folder, label_folder, found = find_folders(root, image_dir, label_dir)
     _existing_folder(image_folder, f"image folder (data.image_dir={image_dir})")
@@ -302,7 +302,7 @@ def load_folder(
     """Read a data folder: its images and labels found and paired as unetseg.data.pairing says (folders
     given or looked for, names by stem or stem + suffix); every problem names its file. Sizes and the
     memory needed are checked from the headers first (:func:`check_files`)."""
-    pairing = _folder_pairs(root, image_dir, label_dir, label_suffix)
+    pairing = folder_pairs(root, image_dir, label_dir, label_suffix)
     limit = _limit(max_pixels)
     check_files([pairing], channels, rule, limit, str(root), weighted)
     return _decode_pairs(pairing, channels, rule, normalizer, limit)
@@ -426,7 +426,7 @@ def load_splits(
     else:
         assert data.root is not None  # check_train guarantees it
         roots = [data.root] if data.val_root is None else [data.root, data.val_root]
-        pairings = [_folder_pairs(user_path(r), data.image_dir, data.label_dir, data.label_suffix) for r in roots]
+        pairings = [folder_pairs(user_path(r), data.image_dir, data.label_dir, data.label_suffix) for r in roots]
         limit = _limit(data.max_pixels)
         what = " and ".join(f"{key}={root}" for key, root in zip(("data.root", "data.val_root"), roots, strict=False))
         size = measure_files(pairings, channels, rule, limit, weighted)

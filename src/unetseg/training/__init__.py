@@ -1,2 +1,2 @@
 """Training: the Trainer (a loop of named steps), its DataLoader, validation, losses, border weights,
-optimisers, schedules and the monitor."""
+optimisers, schedules, the monitor and the time budget."""

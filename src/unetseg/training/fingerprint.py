@@ -27,6 +27,7 @@ from unetseg.tracking.loggers import flatten
 FREE_KEYS = frozenset(
     {
         "trainer.epochs",
+        "trainer.time_budget",
         "trainer.early_stopping",
         "trainer.save_last",
         "trainer.device",

@@ -48,12 +48,13 @@ from unetseg.tracking.history import read_history
 from unetseg.tracking.loggers import Loggers
 from unetseg.tracking.pictures import panels, positive_class, thumbnail
 from unetseg.training.border_weights import loss_weights
+from unetseg.training.budget import TimeBudget, budget_state_problem, duration_seconds, readable
 from unetseg.training.fingerprint import difference, fingerprint, training_state_problem
 from unetseg.training.loader import start_epoch, training_loader
 from unetseg.training.losses import WEIGHTED, compute_loss
 from unetseg.training.monitor import Monitor
 from unetseg.training.optimizers import build_optimizer
-from unetseg.training.schedules import build_schedule
+from unetseg.training.schedules import Horizon, build_schedule
 from unetseg.training.validation import Preview, validate
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,7 @@ class TrainResult:
     data: dict[str, Any]  # image counts and sizes, for the report
     precision: str
     logging_s: dict[str, float]  # time spent drawing curves and in the loggers (and their pictures)
+    time_budget: dict[str, Any] | None = None  # with trainer.time_budget: the budget, the time spent, the epochs
 
 
 class Trainer:
@@ -82,9 +84,15 @@ class Trainer:
     RESUME_CANDIDATES = 20  # trainer.resume=auto looks at this many of the newest last.pt at most
 
     def __init__(
-        self, cfg: TrainConfig, run_dir: Path, open_loggers: Callable[[Path | None], Loggers] | None = None
+        self,
+        cfg: TrainConfig,
+        run_dir: Path,
+        open_loggers: Callable[[Path | None], Loggers] | None = None,
+        started_unix: float | None = None,
     ) -> None:
         self.cfg = cfg
+        # A time budget counts from the command's start (``started_unix``: planning a recipe counts too).
+        self.budget_started = time.perf_counter() - (time.time() - started_unix) if started_unix else None
         self.run_dir = run_dir
         # Opened once the data has loaded and a resume was checked: bad input must leave no logged run behind.
         self.open_loggers = open_loggers
@@ -116,14 +124,20 @@ class Trainer:
         self.previews: list[Preview] = []
         self.pictures_s = 0.0  # drawing the loggers' pictures
         self.start_s: float | None = None  # to the first training batch
+        # The epochs this run trains: trainer.epochs, or with a time budget as many as fit (planned every epoch).
+        self.planned_epochs = cfg.trainer.epochs
+        budget = cfg.trainer.time_budget
+        self.budget = TimeBudget(duration_seconds(budget) or 0.0) if budget is not None else None
+        self.validation_s = 0.0
         self.curves = CurvesFile(run_dir, self.class_names, cfg.trainer.monitor)
 
     def fit(self) -> TrainResult:
         self.on_train_start()
         with progress_bars() as progress:
-            self.bars = TrainingBars(progress, self.cfg.trainer.epochs, self.first_epoch - 1, len(self.loader))
+            self.bars = TrainingBars(progress, self.planned_epochs, self.first_epoch - 1, len(self.loader))
             try:
-                for epoch in range(self.first_epoch, self.cfg.trainer.epochs + 1):
+                epoch = self.first_epoch
+                while epoch <= self.planned_epochs:
                     self.on_epoch_start(epoch)
                     train_loss = self.train_epoch()
                     metrics = self.validation_epoch(train_loss)
@@ -131,6 +145,8 @@ class Trainer:
                     self.on_epoch_end(metrics)
                     if self.should_stop_early():
                         break
+                    self.plan_epochs()
+                    epoch += 1
             except Interrupted as stop:
                 if stop.safe:  # a second signal lands anywhere, mid-step too: nothing from there is saved
                     self.on_interrupted()
@@ -142,6 +158,8 @@ class Trainer:
     def on_train_start(self) -> None:
         """Seed, load the data, build the network and its optimiser, resume if asked, and say what runs."""
         self.started = time.perf_counter()
+        if self.budget_started is None:
+            self.budget_started = self.started
         seed_everything(self.cfg.trainer.seed)
         self.train_items, self.val_items = self.load_data()
         self.fingerprint = fingerprint(self.cfg, self.train_items, self.val_items)
@@ -186,8 +204,8 @@ class Trainer:
         cfg = self.cfg
         self.optimizer = build_optimizer(self.model.parameters(), cfg.optim)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.fast.needs_grad_scaler)
-        total_steps = cfg.trainer.epochs * len(self.loader)
-        self.schedule = build_schedule(self.optimizer, cfg.schedule, total_steps, lower_is_better(self.monitor.key))
+        self.horizon = Horizon(self.planned_epochs * len(self.loader), movable=self.budget is not None)
+        self.schedule = build_schedule(self.optimizer, cfg.schedule, self.horizon, lower_is_better(self.monitor.key))
 
     def wrap_network(self) -> None:
         """``network`` trains (compiled if asked, DDP under torchrun); ``evaluated`` validates, unwrapped:
@@ -217,6 +235,11 @@ class Trainer:
             f"{cfg.optim.name.value} lr {cfg.optim.lr:g}, {cfg.schedule.name.value}, {t.loss.value}, "
             f"{t.epochs} epochs × {len(self.loader)} steps of {t.batch_size}"
         )
+        if self.budget is not None:
+            recipe = recipe.replace(
+                f"{t.epochs} epochs",
+                f"time budget {readable(self.budget.seconds)} (epochs planned after each one, first guess {t.epochs})",
+            )
         console.print(
             f"[bold]data[/]: {len(self.train_items)} training{patches}, {len(self.val_items)} validation images"
             f"{pairing} · [bold]model[/]: U-Net {self.spec.upsampling.value} {self.spec.base_channels} wide, "
@@ -274,7 +297,17 @@ class Trainer:
                     f"it is another experiment ({differs}): resume with the same settings and data, apart from "
                     "trainer.epochs"
                 )
-        if checkpoint.epoch >= epochs:
+        if self.budget is not None:
+            budget = checkpoint.training_state.get("time_budget")
+            problem = "it was trained without a time budget" if budget is None else budget_state_problem(budget)
+            if problem:
+                return f"{problem}: resume it with the settings it was trained with"
+            if budget["spent_s"] >= self.budget.seconds:
+                return (
+                    f"it has already spent {readable(budget['spent_s'])} of trainer.time_budget="
+                    f"{self.cfg.trainer.time_budget}: raise the budget to train on"
+                )
+        elif checkpoint.epoch >= epochs:
             return (
                 f"it has already trained {checkpoint.epoch} of trainer.epochs={epochs}: raise trainer.epochs above "
                 f"{checkpoint.epoch} to train on"
@@ -334,6 +367,11 @@ class Trainer:
         console.print(f"resuming from {self.resumed_from} after epoch {resumed.epoch}")
         self.monitor, self.best = monitor, dict(state["best"])
         self.epoch, self.first_epoch = resumed.epoch, resumed.epoch + 1
+        budget = state.get("time_budget")
+        if self.budget is not None and budget is not None:  # the time already spent counts against the budget
+            self.budget.spent_before = float(budget["spent_s"])
+            self.planned_epochs = max(self.first_epoch, int(budget["planned_epochs"]))
+            self.horizon.total = self.planned_epochs * len(self.loader)
         progress = state.get("epoch_progress")
         if progress:  # stopped between two steps of epoch first_epoch
             self.skip_steps, self.skipped_loss = int(progress["steps"]), float(progress["loss_sum"])
@@ -432,12 +470,14 @@ class Trainer:
         # Each rank's last forward pass updated its own BatchNorm running statistics: validate (and save)
         # rank 0's, on every rank.
         broadcast_buffers(self.model)
+        started = time.perf_counter()
         t = self.cfg.trainer
         previews = self.PREVIEWS if self.loggers.takes_pictures else 0
         validation = validate(
             self.evaluated, self.val_items, t.loss, t.threshold, self.class_names, self.fast, previews, self.objects
         )
         self.previews = validation.previews
+        self.validation_s = time.perf_counter() - started
         return {"train_loss": train_loss, "lr": self.optimizer.param_groups[0]["lr"], **validation.scores}
 
     def on_epoch_end(self, metrics: dict[str, float]) -> None:
@@ -452,6 +492,20 @@ class Trainer:
             record = self.append_metrics(improved)
             self.log_epoch(record, improved)
         self.report_epoch(improved)
+
+    def plan_epochs(self) -> None:
+        """With a time budget: the epochs that fit, from what this run's epochs cost so far (rank 0 decides for
+        every rank); the schedule's horizon moves with them, so it ends where training ends."""
+        if self.budget is None:
+            return
+        now = time.perf_counter()
+        self.budget.epoch_costs.append(now - self.epoch_started)
+        planned = self.budget.epochs_that_fit(self.epoch, now - self.budget_started, self.validation_s)
+        planned = int(broadcast_from_main(planned))  # type: ignore[arg-type]
+        if planned != self.planned_epochs:
+            self.planned_epochs = planned
+            self.horizon.total = max(1, planned * len(self.loader))
+            self.bars.set_epochs(planned)
 
     def on_interrupted(self) -> None:
         """A signal stopped the run between two steps (or validation images): keep where it was in last.pt, so
@@ -508,7 +562,7 @@ class Trainer:
             self.loggers.log_pictures(self.epoch, pictures)
 
     def report_epoch(self, improved: bool) -> None:
-        monitor, epochs = self.monitor, self.cfg.trainer.epochs
+        monitor, epochs = self.monitor, self.planned_epochs
         # The best epoch's own value, as the final table shows it (the EMA, if any, is what chose it).
         best = "–" if monitor.best is None else f"{self.best.get(monitor.key, math.nan):.4f} @ {monitor.best_epoch}"
         smoothed = f", EMA {monitor.best:.4f}" if monitor.ema and monitor.best is not None else ""
@@ -551,6 +605,13 @@ class Trainer:
             data=self.data_facts(),
             precision=self.fast.describe(),
             logging_s={"curves": self.curves.drawing_s, "loggers": self.loggers.spent_s + self.pictures_s},
+            time_budget=None
+            if self.budget is None
+            else {
+                "budget_s": self.budget.seconds,
+                "spent_before_s": self.budget.spent_before,  # by the run this one resumed
+                "epochs": self.epoch,
+            },
         )
 
     # ---- helpers -----------------------------------------------------------------------------------------
@@ -589,6 +650,11 @@ class Trainer:
             "best": dict(self.best),
             "torch_rng": torch.get_rng_state(),
             "fingerprint": self.fingerprint,
+            **(
+                {"time_budget": self.budget.state_dict(time.perf_counter() - self.budget_started, self.planned_epochs)}
+                if self.budget is not None
+                else {}
+            ),
         }
 
 
@@ -605,6 +671,9 @@ class TrainingBars:
 
     def batch_done(self, status: str | None) -> None:
         self.progress.update(self.batches, advance=1, **({"status": status} if status else {}))
+
+    def set_epochs(self, epochs: int) -> None:
+        self.progress.update(self.epochs, total=epochs)
 
     def epoch_done(self, status: str) -> None:
         self.progress.update(self.epochs, advance=1, status=status)
