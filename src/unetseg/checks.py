@@ -26,6 +26,7 @@ from unetseg.config import (
     TrainConfig,
     TrainingTarget,
 )
+from unetseg.data.pairing import with_default_root
 from unetseg.inference.writers import OUTPUT_KINDS
 from unetseg.model.spec import spec_problem
 from unetseg.objects.instances import resolve_rule
@@ -147,10 +148,7 @@ def check_train(cfg: TrainConfig) -> None:
             "data=folder) to train on your folder",
         )
     if d.source == DataSource.folder:
-        _require(
-            d.root is not None,
-            "data.root is not set: point it at a folder with image/ and label/, e.g. data.root=path/to/train",
-        )
+        with_default_root(d)  # no data.root: data/train under the launch folder (the ISBI scripts' layout), if there
     if d.target == TrainingTarget.boundary:
         _require(
             m.num_classes == 3 and len(d.class_names) == 3,

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from unetseg import __version__
+from unetseg.data.pairing import ISBI_DEFAULT_ROOT
 from unetseg.io.atomic import write_bytes_atomic
 from unetseg.reporting.gallery import DEFAULT_IMAGES, Gallery, build_gallery
 from unetseg.reporting.pages import data_uri, duration, number, render, write_page
@@ -23,7 +24,8 @@ def _glance(run: TrainingRun, best: dict[str, Any] | None) -> list[tuple[str, st
     s, summary = run.setting, run.summary
     data = summary.get("data", {})
     source = s("data.source", "?")
-    where = s("data.root") if source == "folder" else f"synthetic ({s('data.synthetic.num_images')} images)"
+    synthetic = f"synthetic ({s('data.synthetic.num_images')} images)"
+    where = (s("data.root") or f"{ISBI_DEFAULT_ROOT} (the default)") if source == "folder" else synthetic
     if data:
         counts = f"{data['train_images']} training, {data['val_images']} validation images"
         counts += f" · sizes {', '.join(data['image_sizes'])}"

@@ -10,6 +10,7 @@ live in one step of their own, so a variant changes one step.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import math
@@ -29,6 +30,7 @@ from torch.nn.parallel import DistributedDataParallel
 from unetseg.config import TrainConfig
 from unetseg.data.dataset import LabelledImages, data_cache, label_rule, load_splits
 from unetseg.data.normalize import PercentileNormalizer
+from unetseg.data.pairing import with_default_root
 from unetseg.io.atomic import copy_atomic, write_text_atomic
 from unetseg.io.strict_json import to_json
 from unetseg.model import build_network, count_parameters
@@ -84,6 +86,9 @@ class Trainer:
     def __init__(
         self, cfg: TrainConfig, run_dir: Path, open_loggers: Callable[[Path | None], Loggers] | None = None
     ) -> None:
+        # No data.root for a folder data set: data/train under the launch folder, as the ISBI scripts lay it out.
+        data, self.default_root = with_default_root(cfg.data)
+        cfg = dataclasses.replace(cfg, data=data) if self.default_root else cfg
         self.cfg = cfg
         self.run_dir = run_dir
         # Opened once the data has loaded and a resume was checked: bad input must leave no logged run behind.
@@ -218,8 +223,15 @@ class Trainer:
             f"{pairing} · [bold]model[/]: U-Net {self.spec.upsampling.value} {self.spec.base_channels} wide, "
             f"{self.parameters:,} parameters · [bold]recipe[/]: {recipe} · [bold]on[/]: {self.fast.describe()}{ranks}"
             f" · [bold]best by[/]: {monitor.key}{f' (EMA {monitor.ema})' if monitor.ema else ''}"
-            f" · [bold]run[/]: {self.run_dir}"
+            f"{self.describe_start()} · [bold]run[/]: {self.run_dir}"
         )
+
+    def describe_start(self) -> str:
+        """Where the data and the weights come from, when that is not what the config spells out."""
+        parts = []
+        if self.default_root:
+            parts.append(f" · [bold]data.root[/] not given: {self.cfg.data.root} (the ISBI scripts' data/train)")
+        return "".join(parts)
 
     # ---- resuming ----------------------------------------------------------------------------------------
 
