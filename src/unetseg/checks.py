@@ -177,6 +177,11 @@ def check_train(cfg: TrainConfig) -> None:
         f"trainer.workers={t.workers}: must be >= 0 (0 loads data in the main process), or null for automatic",
     )
     _require(0 < t.threshold < 1, f"trainer.threshold={t.threshold}: must be strictly between 0 and 1")
+    _require(
+        t.init_from is None or t.resume is None,
+        f"trainer.init_from={t.init_from} and trainer.resume={t.resume} cannot be combined: resume continues a run "
+        "from its own last.pt (which already holds the weights it started from); give one of them",
+    )
     check_seed(t.seed, "trainer.seed")
     check_device(t.device, "trainer.device")
     _check_training_recipe(cfg)

@@ -224,6 +224,7 @@ class TrainerConfig:
     monitor_ema: float = MISSING
     early_stopping: int | None = MISSING
     resume: str | None = MISSING
+    init_from: str | None = MISSING  # fine-tuning: start from another run's weights (a checkpoint or run folder)
     precision: Precision = MISSING
     channels_last: bool = MISSING
     compile: bool = MISSING

@@ -62,7 +62,7 @@ def train(cfg: TrainConfig, run_dir: Path) -> dict[str, Any]:
     claim = claim_folder(run_dir, "train", "choose another hydra.run.dir") if current_world().is_main else nullcontext()
     with claim:
         refuse_to_train_into(run_dir, cfg.trainer.resume)
-        trainer = Trainer(cfg, run_dir, open_loggers_for)
+        trainer = Trainer(cfg, run_dir, open_loggers_for, normalization_given=normalization_given())
         try:
             with interrupts_between_steps():
                 result = trainer.fit()
@@ -87,11 +87,17 @@ def train(cfg: TrainConfig, run_dir: Path) -> dict[str, Any]:
     return summary
 
 
+def normalization_given() -> bool:
+    """Whether data.normalization.* was set on the command line (it then holds over trainer.init_from's)."""
+    return any(o.lstrip("+~").startswith("data.normalization") for o in HydraConfig.get().overrides.task)
+
+
 def resume_command(checkpoint: Path) -> str:
     """This command line again, resuming from ``checkpoint`` (in the same run folder if one was given), ready to
     paste into a shell: the path quoted for Hydra too where its grammar needs it (``(``, ``,``, spaces...)."""
     given = HydraConfig.get().overrides
-    overrides = [o for o in given.task if not o.startswith("trainer.resume=")]
+    # (a fine-tuning run's last.pt holds the weights it started from: no trainer.init_from with trainer.resume)
+    overrides = [o for o in given.task if not o.startswith(("trainer.resume=", "trainer.init_from="))]
     overrides += [o for o in given.hydra if o.startswith("hydra.run.dir=")]
     resume = f"trainer.resume={checkpoint}"
     quoted = hydra_quoted(resume) if quoting_advice(resume) else shlex.quote(resume)
