@@ -176,7 +176,7 @@ def check_train(cfg: TrainConfig) -> None:
         t.workers is None or t.workers >= 0,
         f"trainer.workers={t.workers}: must be >= 0 (0 loads data in the main process), or null for automatic",
     )
-    _require(0 < t.threshold < 1, f"trainer.threshold={t.threshold}: must be strictly between 0 and 1")
+    check_training_threshold(t.threshold, m.num_classes)
     _require(
         t.init_from is None or t.resume is None,
         f"trainer.init_from={t.init_from} and trainer.resume={t.resume} cannot be combined: resume continues a run "
@@ -185,6 +185,22 @@ def check_train(cfg: TrainConfig) -> None:
     check_seed(t.seed, "trainer.seed")
     check_device(t.device, "trainer.device")
     _check_training_recipe(cfg)
+
+
+def check_training_threshold(threshold: float | str, num_classes: int) -> None:
+    """trainer.threshold: a probability strictly between 0 and 1, or auto (binary networks only)."""
+    if threshold == "auto":
+        _require(
+            num_classes == 1,
+            f"trainer.threshold=auto chooses the threshold of a binary network (model.num_classes=1); with "
+            f"model.num_classes={num_classes} each pixel takes its most probable class, so leave trainer.threshold out",
+        )
+        return
+    _require(
+        not isinstance(threshold, str) and 0 < threshold < 1,
+        f"trainer.threshold={threshold}: give a probability strictly between 0 and 1 (e.g. 0.5), or auto to choose "
+        "it on the validation images after training",
+    )
 
 
 def _check_training_recipe(cfg: TrainConfig) -> None:

@@ -28,6 +28,7 @@ from unetseg.runtime.errors import MachineFault, describe_storage_error
 from unetseg.runtime.interrupts import Interrupted, interrupts_between_steps
 from unetseg.runtime.paths import user_path
 from unetseg.tracking.loggers import Loggers, flatten, open_loggers
+from unetseg.training.calibration import PROVISIONAL, ThresholdChoice
 from unetseg.training.run_folder import refuse_to_train_into
 from unetseg.training.trainer import Trainer, TrainResult
 
@@ -147,6 +148,7 @@ def finish(cfg: TrainConfig, run_dir: Path, result: TrainResult, started: float,
         "logging_s": {key: round(value, 3) for key, value in result.logging_s.items()},
         "checkpoint_best": str(result.best_checkpoint),
         "checkpoint_last": str(result.last_checkpoint) if result.last_checkpoint else None,
+        "threshold": threshold_summary(cfg, result),
     }
     summary["process"] = {
         "host": socket.gethostname(),
@@ -164,10 +166,30 @@ def finish(cfg: TrainConfig, run_dir: Path, result: TrainResult, started: float,
     best = result.best.get(cfg.trainer.monitor)  # none when the monitored score was never defined (NaN)
     best_text = f"{cfg.trainer.monitor} {best:.4f}" if best is not None else f"{cfg.trainer.monitor} never defined"
     console.print(f"best checkpoint: {result.best_checkpoint} (epoch {result.best_epoch}, {best_text})")
+    if result.threshold is not None:
+        console.print(threshold_line(result.threshold))
     console.print(f"last checkpoint: {result.last_checkpoint or 'not kept (trainer.save_last=false: no resume)'}")
     console.print(f"metrics: {run_dir / 'metrics.jsonl'} (per epoch), {run_dir / 'metrics.json'} (summary)")
     console.print(f"curves: {run_dir / 'curves.png'} · report: {report}")
     return summary
+
+
+def threshold_summary(cfg: TrainConfig, result: TrainResult) -> dict[str, Any]:
+    """metrics.json's record of the decision threshold best.pt holds: chosen (trainer.threshold=auto), or given."""
+    if result.threshold is not None:
+        return result.threshold.to_dict()
+    given = cfg.trainer.threshold
+    return {"chosen": PROVISIONAL if given == "auto" else float(given), "by": "trainer.threshold"}
+
+
+def threshold_line(choice: ThresholdChoice) -> str:
+    """The closing line of trainer.threshold=auto: the choice, what it gains over 0.5, and the pixel error's optimum."""
+    return (
+        f"threshold: {choice.chosen:g} chosen on the {choice.images} validation image(s) by {choice.by} "
+        f"{choice.score:.4f} ({choice.score_at_provisional:.4f} at {PROVISIONAL}), stored in best.pt; the lowest "
+        f"pixel error is at {choice.pixel_error_optimum:g} ({choice.pixel_error:.4f}). Chosen on the validation "
+        "split: for an honest score evaluate a held-out test set (unetseg evaluate input=... labels=...)"
+    )
 
 
 def write_report(cfg: TrainConfig, run_dir: Path) -> Path:

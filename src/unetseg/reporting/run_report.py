@@ -20,6 +20,13 @@ from unetseg.tracking.history import best_epoch, run_title
 from unetseg.tracking.pictures import FALSE_FOREGROUND, MISSED_FOREGROUND
 
 
+def _threshold(setting: Any, recorded: Any) -> str:
+    """trainer.threshold, and with auto the threshold chosen after training (metrics.json)."""
+    if setting == "auto" and isinstance(recorded, dict) and recorded.get("by") != "trainer.threshold":
+        return f"auto: {recorded.get('chosen')} (chosen by {recorded.get('by')} on the validation images)"
+    return str(setting)
+
+
 def _glance(run: TrainingRun, best: dict[str, Any] | None) -> list[tuple[str, str]]:
     s, summary = run.setting, run.summary
     data = summary.get("data", {})
@@ -53,7 +60,7 @@ def _glance(run: TrainingRun, best: dict[str, Any] | None) -> list[tuple[str, st
             "Recipe",
             f"{s('optim.name', '?')} lr {s('optim.lr', '?')}, {s('schedule.name', '?')} schedule, "
             f"{s('trainer.loss', '?')} loss, batch {s('trainer.batch_size', '?')}{crops}, "
-            f"threshold {s('trainer.threshold', '?')}",
+            f"threshold {_threshold(s('trainer.threshold', '?'), summary.get('threshold'))}",
         ),
         ("Precision", summary.get("precision", "not recorded")),
         ("Epochs", epochs),

@@ -51,6 +51,7 @@ from unetseg.tracking.history import read_history
 from unetseg.tracking.loggers import Loggers
 from unetseg.tracking.pictures import panels, positive_class, thumbnail
 from unetseg.training.border_weights import loss_weights
+from unetseg.training.calibration import PROVISIONAL, ThresholdChoice, calibrate
 from unetseg.training.fingerprint import (
     difference,
     fingerprint,
@@ -83,6 +84,7 @@ class TrainResult:
     data: dict[str, Any]  # image counts and sizes, for the report
     precision: str
     logging_s: dict[str, float]  # time spent drawing curves and in the loggers (and their pictures)
+    threshold: ThresholdChoice | None = None  # trainer.threshold=auto: the choice stored in best.pt
 
 
 class Trainer:
@@ -274,8 +276,13 @@ class Trainer:
             f"{pairing} · [bold]model[/]: U-Net {self.spec.upsampling.value} {self.spec.base_channels} wide, "
             f"{self.parameters:,} parameters · [bold]recipe[/]: {recipe} · [bold]on[/]: {self.fast.describe()}{ranks}"
             f" · [bold]best by[/]: {monitor.key}{f' (EMA {monitor.ema})' if monitor.ema else ''}"
-            f"{self.describe_start()} · [bold]run[/]: {self.run_dir}"
+            f"{self.describe_threshold()}{self.describe_start()} · [bold]run[/]: {self.run_dir}"
         )
+
+    def describe_threshold(self) -> str:
+        if self.cfg.trainer.threshold != "auto":
+            return ""
+        return f" · [bold]threshold[/]: auto (validation at {PROVISIONAL}, chosen on the validation images at the end)"
 
     def describe_start(self) -> str:
         """Where the data and the weights come from, when that is not what the config spells out."""
@@ -510,7 +517,14 @@ class Trainer:
         t = self.cfg.trainer
         previews = self.PREVIEWS if self.loggers.takes_pictures else 0
         validation = validate(
-            self.evaluated, self.val_items, t.loss, t.threshold, self.class_names, self.fast, previews, self.objects
+            self.evaluated,
+            self.val_items,
+            t.loss,
+            self.validation_threshold,
+            self.class_names,
+            self.fast,
+            previews,
+            self.objects,
         )
         self.previews = validation.previews
         return {"train_loss": train_loss, "lr": self.optimizer.param_groups[0]["lr"], **validation.scores}
@@ -606,9 +620,32 @@ class Trainer:
 
     # ---- the end -----------------------------------------------------------------------------------------
 
+    @property
+    def validation_threshold(self) -> float:
+        """The threshold validation and the checkpoints use: trainer.threshold, or PROVISIONAL while auto."""
+        threshold = self.cfg.trainer.threshold
+        return PROVISIONAL if threshold == "auto" else float(threshold)
+
+    def calibrate_threshold(self) -> ThresholdChoice | None:
+        """trainer.threshold=auto: choose the threshold on the validation images with best.pt's weights, and
+        store it in best.pt (rewritten atomically). On the main process only; None with a fixed threshold."""
+        if self.cfg.trainer.threshold != "auto" or not self.world.is_main:
+            return None
+        path = self.checkpoint_dir / "best.pt"
+        if not path.is_file():  # no epoch was ever best (the monitored score was never defined)
+            console.print(f"trainer.threshold=auto: no best.pt to choose a threshold for; it stays {PROVISIONAL}")
+            return None
+        best = load_checkpoint(path)
+        network = self.fast.prepare_model(best.build_network())
+        choice = calibrate(network, self.val_items, self.class_names, self.fast, self.monitor.key, self.objects)
+        save_checkpoint(dataclasses.replace(best, threshold=choice.chosen), path)
+        log.info("threshold %s chosen by %s on %d validation images", choice.chosen, choice.by, choice.images)
+        return choice
+
     def on_train_end(self) -> TrainResult:
         if self.world.is_main:
             self.curves.update(time.perf_counter() - self.started, final=True)
+        threshold = self.calibrate_threshold()
         best_epoch = self.monitor.best_epoch
         rows = [(f"best (epoch {best_epoch})", self.best), (f"last (epoch {self.epoch})", self.last)]
         console.print(metrics_table("validation scores", rows, self.class_names))
@@ -626,6 +663,7 @@ class Trainer:
             data=self.data_facts(),
             precision=self.fast.describe(),
             logging_s={"curves": self.curves.drawing_s, "loggers": self.loggers.spent_s + self.pictures_s},
+            threshold=threshold,
         )
 
     # ---- helpers -----------------------------------------------------------------------------------------
@@ -644,7 +682,7 @@ class Trainer:
             model=self.spec,
             normalization=self.normalizer,
             class_names=self.class_names,
-            threshold=self.cfg.trainer.threshold,
+            threshold=self.validation_threshold,
             epoch=self.epoch if epoch is None else epoch,
             metrics=self.last,
             target=self.cfg.data.target.value,
