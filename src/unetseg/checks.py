@@ -187,7 +187,7 @@ def check_train(cfg: TrainConfig) -> None:
     _check_training_recipe(cfg)
 
 
-def check_training_threshold(threshold: float | str, num_classes: int) -> None:
+def check_training_threshold(threshold: float | int | str, num_classes: int) -> None:
     """trainer.threshold: a probability strictly between 0 and 1, or auto (binary networks only)."""
     if threshold == "auto":
         _require(

@@ -219,7 +219,7 @@ class TrainerConfig:
     border_weight: float = MISSING
     border_sigma: float = MISSING
     class_balance: bool = MISSING
-    threshold: float | str = MISSING  # a probability, or "auto": chosen on the validation images after training
+    threshold: float | int | str = MISSING  # a probability, or "auto" (int: 0 and 1 refused in words)
     monitor: str = MISSING
     monitor_ema: float = MISSING
     early_stopping: int | None = MISSING
