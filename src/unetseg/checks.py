@@ -26,6 +26,7 @@ from unetseg.config import (
     TrainConfig,
     TrainingTarget,
 )
+from unetseg.data.pairing import with_default_root
 from unetseg.inference.writers import OUTPUT_KINDS
 from unetseg.model.spec import spec_problem
 from unetseg.objects.instances import resolve_rule
@@ -187,10 +188,7 @@ def check_train(cfg: TrainConfig) -> None:
             "data=folder) to train on your folder",
         )
     if d.source == DataSource.folder:
-        _require(
-            d.root is not None,
-            "data.root is not set: point it at a folder with image/ and label/, e.g. data.root=path/to/train",
-        )
+        with_default_root(d)  # no data.root: data/train under the launch folder (the ISBI scripts' layout), if there
     if d.target == TrainingTarget.boundary:
         _require(
             m.num_classes == 3 and len(d.class_names) == 3,
@@ -218,10 +216,31 @@ def check_train(cfg: TrainConfig) -> None:
         t.workers is None or t.workers >= 0,
         f"trainer.workers={t.workers}: must be >= 0 (0 loads data in the main process), or null for automatic",
     )
-    _require(0 < t.threshold < 1, f"trainer.threshold={t.threshold}: must be strictly between 0 and 1")
+    check_training_threshold(t.threshold, m.num_classes)
+    _require(
+        t.init_from is None or t.resume is None,
+        f"trainer.init_from={t.init_from} and trainer.resume={t.resume} cannot be combined: resume continues a run "
+        "from its own last.pt (which already holds the weights it started from); give one of them",
+    )
     check_seed(t.seed, "trainer.seed")
     check_device(t.device, "trainer.device")
     _check_training_recipe(cfg)
+
+
+def check_training_threshold(threshold: float | int | str, num_classes: int) -> None:
+    """trainer.threshold: a probability strictly between 0 and 1, or auto (binary networks only)."""
+    if threshold == "auto":
+        _require(
+            num_classes == 1,
+            f"trainer.threshold=auto chooses the threshold of a binary network (model.num_classes=1); with "
+            f"model.num_classes={num_classes} each pixel takes its most probable class, so leave trainer.threshold out",
+        )
+        return
+    _require(
+        not isinstance(threshold, str) and 0 < threshold < 1,
+        f"trainer.threshold={threshold}: give a probability strictly between 0 and 1 (e.g. 0.5), or auto to choose "
+        "it on the validation images after training",
+    )
 
 
 def _check_training_recipe(cfg: TrainConfig) -> None:

@@ -221,11 +221,12 @@ class TrainerConfig:
     border_weight: float = MISSING
     border_sigma: float = MISSING
     class_balance: bool = MISSING
-    threshold: float = MISSING
+    threshold: float | int | str = MISSING  # a probability, or "auto" (int: 0 and 1 refused in words)
     monitor: str = MISSING
     monitor_ema: float = MISSING
     early_stopping: int | None = MISSING
     resume: str | None = MISSING
+    init_from: str | None = MISSING  # fine-tuning: start from another run's weights (a checkpoint or run folder)
     precision: Precision = MISSING
     channels_last: bool = MISSING
     compile: bool = MISSING

@@ -11,6 +11,7 @@ from typing import Any
 from unetseg.config import TrainConfig
 from unetseg.data.dataset import data_cache, label_rule, load_splits
 from unetseg.data.normalize import PercentileNormalizer
+from unetseg.data.pairing import with_default_root
 from unetseg.runner import run_command
 from unetseg.runtime.amounts import in_units
 from unetseg.runtime.console import console
@@ -21,7 +22,7 @@ from unetseg.training.losses import WEIGHTED
 
 def fill_cache(cfg: TrainConfig, run_dir: Path) -> dict[str, Any]:
     started = time.perf_counter()
-    data = dataclasses.replace(cfg.data, in_memory="false")
+    data, _ = with_default_root(dataclasses.replace(cfg.data, in_memory="false"))  # as train finds the folder
     cache = data_cache(data)
     normalization = data.normalization
     normalizer = PercentileNormalizer(normalization.low_percentile, normalization.high_percentile)

@@ -33,6 +33,7 @@ from unetseg.runtime.interrupts import Interrupted, interrupts_between_steps
 from unetseg.runtime.paths import user_path
 from unetseg.tracking.loggers import Loggers, flatten, open_loggers
 from unetseg.training.budget import readable
+from unetseg.training.calibration import PROVISIONAL, ThresholdChoice
 from unetseg.training.run_folder import refuse_to_train_into
 from unetseg.training.trainer import Trainer, TrainResult
 
@@ -107,7 +108,9 @@ def train(cfg: TrainConfig, run_dir: Path) -> dict[str, Any]:
     claim = claim_folder(run_dir, "train", "choose another hydra.run.dir") if current_world().is_main else nullcontext()
     with claim:
         refuse_to_train_into(run_dir, cfg.trainer.resume)
-        trainer = Trainer(cfg, run_dir, open_loggers_for, started_unix=started)
+        trainer = Trainer(
+            cfg, run_dir, open_loggers_for, started_unix=started, normalization_given=normalization_given()
+        )
         try:
             with interrupts_between_steps():
                 result = trainer.fit()
@@ -132,11 +135,17 @@ def train(cfg: TrainConfig, run_dir: Path) -> dict[str, Any]:
     return summary
 
 
+def normalization_given() -> bool:
+    """Whether data.normalization.* was set on the command line (it then holds over trainer.init_from's)."""
+    return any(o.lstrip("+~").startswith("data.normalization") for o in HydraConfig.get().overrides.task)
+
+
 def resume_command(checkpoint: Path) -> str:
     """This command line again, resuming from ``checkpoint`` (in the same run folder if one was given), ready to
     paste into a shell: the path quoted for Hydra too where its grammar needs it (``(``, ``,``, spaces...)."""
     given = HydraConfig.get().overrides
-    overrides = [o for o in given.task if not o.startswith("trainer.resume=")]
+    # (a fine-tuning run's last.pt holds the weights it started from: no trainer.init_from with trainer.resume)
+    overrides = [o for o in given.task if not o.startswith(("trainer.resume=", "trainer.init_from="))]
     overrides += [o for o in given.hydra if o.startswith("hydra.run.dir=")]
     resume = f"trainer.resume={checkpoint}"
     quoted = hydra_quoted(resume) if quoting_advice(resume) else shlex.quote(resume)
@@ -186,6 +195,7 @@ def finish(cfg: TrainConfig, run_dir: Path, result: TrainResult, started: float,
         "logging_s": {key: round(value, 3) for key, value in result.logging_s.items()},
         "checkpoint_best": str(result.best_checkpoint),
         "checkpoint_last": str(result.last_checkpoint) if result.last_checkpoint else None,
+        "threshold": threshold_summary(cfg, result),
     }
     if result.time_budget is not None:  # the time spent up to here: the report comes after
         spent = result.time_budget["spent_before_s"] + time.time() - started
@@ -206,6 +216,8 @@ def finish(cfg: TrainConfig, run_dir: Path, result: TrainResult, started: float,
     best = result.best.get(cfg.trainer.monitor)  # none when the monitored score was never defined (NaN)
     best_text = f"{cfg.trainer.monitor} {best:.4f}" if best is not None else f"{cfg.trainer.monitor} never defined"
     console.print(f"best checkpoint: {result.best_checkpoint} (epoch {result.best_epoch}, {best_text})")
+    if result.threshold is not None:
+        console.print(threshold_line(result.threshold))
     console.print(f"last checkpoint: {result.last_checkpoint or 'not kept (trainer.save_last=false: no resume)'}")
     console.print(f"metrics: {run_dir / 'metrics.jsonl'} (per epoch), {run_dir / 'metrics.json'} (summary)")
     console.print(f"curves: {run_dir / 'curves.png'} · report: {report}")
@@ -218,6 +230,24 @@ def finish(cfg: TrainConfig, run_dir: Path, result: TrainResult, started: float,
         console.print(line)
         log.info("%s", line)
     return summary
+
+
+def threshold_summary(cfg: TrainConfig, result: TrainResult) -> dict[str, Any]:
+    """metrics.json's record of the decision threshold best.pt holds: chosen (trainer.threshold=auto), or given."""
+    if result.threshold is not None:
+        return result.threshold.to_dict()
+    given = cfg.trainer.threshold
+    return {"chosen": PROVISIONAL if given == "auto" else float(given), "by": "trainer.threshold"}
+
+
+def threshold_line(choice: ThresholdChoice) -> str:
+    """The closing line of trainer.threshold=auto: the choice, what it gains over 0.5, and the pixel error's optimum."""
+    return (
+        f"threshold: {choice.chosen:g} chosen on the {choice.images} validation image(s) by {choice.by} "
+        f"{choice.score:.4f} ({choice.score_at_provisional:.4f} at {PROVISIONAL}), stored in best.pt; the lowest "
+        f"pixel error is at {choice.pixel_error_optimum:g} ({choice.pixel_error:.4f}). Chosen on the validation "
+        "split: for an honest score evaluate a held-out test set (unetseg evaluate input=... labels=...)"
+    )
 
 
 def write_report(cfg: TrainConfig, run_dir: Path) -> Path:

@@ -5,6 +5,10 @@ Folders (``data.image_dir`` / ``data.label_dir``, null = look): the first of the
 exists under ``data.root`` (image/label, images/labels, images/masks, ...); two of them at once is an error
 naming both; none, with images directly in ``data.root``: masks beside their images.
 
+No ``data.root`` at all (data=isbi, data=folder): ``data/train`` under the launch folder when it holds one
+of those pairs, the layout the classic ISBI 2012 U-Net scripts expect (data/train/image, data/train/label,
+data/test), said in the start-up line.
+
 Names (``data.label_suffix``, null = look): a label has the image's stem (``7.tif`` ↔ ``7.png``), or the
 stem plus a suffix (``7_mask.png``). Without a suffix given, the plain stem is tried first, then each of
 LABEL_SUFFIXES; the rule must pair every image, and two rules that both do are an error naming both files.
@@ -12,9 +16,11 @@ LABEL_SUFFIXES; the rule must pair every image, and two rules that both do are a
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
+from unetseg.config import DataConfig, DataSource
 from unetseg.io.images import list_images, natural_key
 from unetseg.runtime.errors import UserError
 
@@ -27,8 +33,16 @@ FOLDER_PAIRS = (
     ("imgs", "labels"),
     ("imgs", "masks"),
     ("img", "mask"),
+    ("img", "label"),
+    ("img", "labels"),
+    ("images", "gt"),
+    ("img", "gt"),
+    ("images", "annotations"),
     ("raw", "labels"),
 )
+# Where data=isbi looks without a data.root, relative to the launch folder: the layout of the classic ISBI 2012
+# U-Net scripts (data/train/image, data/train/label, and data/test for the images to predict).
+ISBI_DEFAULT_ROOT = Path("data", "train")
 
 
 @dataclass(frozen=True)
@@ -138,8 +152,46 @@ def find_folders(root: Path, image_dir: str | None, label_dir: str | None) -> tu
         return root, root, "images and masks side by side"
     folders = sorted(p.name for p in root.iterdir() if p.is_dir())
     there = f" (its folders: {', '.join(folders)})" if folders else ""
-    pairs = ", ".join(f"{a}/+{b}/" for a, b in FOLDER_PAIRS[:4])
     raise UserError(
-        f"no images in {root} and none of the usual folder pairs ({pairs}, ...){there}: give "
+        f"no images in {root} and none of the usual folder pairs ({folder_pairs()}){there}: give "
         "data.image_dir=... data.label_dir=..."
     )
+
+
+def folder_pairs() -> str:
+    """Every folder pair :func:`find_folders` looks for, as an error message lists them."""
+    return ", ".join(f"{a}/+{b}/" for a, b in FOLDER_PAIRS)
+
+
+def has_folder_pair(root: Path) -> bool:
+    return any((root / images).is_dir() and (root / labels).is_dir() for images, labels in FOLDER_PAIRS)
+
+
+def default_root(launch: Path) -> Path | None:
+    """``data/train`` under ``launch`` when it holds one of the usual folder pairs (ISBI's image/ and label/),
+    else None."""
+    root = launch / ISBI_DEFAULT_ROOT
+    return root if has_folder_pair(root) else None
+
+
+def no_root_message(launch: Path) -> str:
+    """The one line for a folder data set with neither data.root nor the ISBI default folder."""
+    root = launch / ISBI_DEFAULT_ROOT
+    where = f"{root} has none of them" if root.is_dir() else f"there is no {root}"
+    return (
+        f"data.root is not set: it defaults to {ISBI_DEFAULT_ROOT} under the launch folder when that holds one of "
+        f"the folder pairs {folder_pairs()}, and {where}; give data.root=path/to/train (a folder with image/ and "
+        "label/), or run from the folder that holds data/train"
+    )
+
+
+def with_default_root(data: DataConfig, launch: Path | None = None) -> tuple[DataConfig, bool]:
+    """``data`` with data.root filled in from :func:`default_root` when a folder data set leaves it unset (a
+    one-line UserError when there is no such folder either); the flag says whether the default was taken."""
+    if data.source != DataSource.folder or data.root is not None:
+        return data, False
+    launch = Path.cwd() if launch is None else launch
+    root = default_root(launch)
+    if root is None:
+        raise UserError(no_root_message(launch))
+    return dataclasses.replace(data, root=str(root)), True

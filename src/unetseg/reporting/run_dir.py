@@ -10,7 +10,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from unetseg.config import DataConfig
+from unetseg.config import DataConfig, DataSource
+from unetseg.data.pairing import ISBI_DEFAULT_ROOT
 from unetseg.runtime.errors import UserError
 from unetseg.tracking.history import read_history, read_summary
 
@@ -46,6 +47,8 @@ class TrainingRun:
         except OmegaConfBaseException as error:
             raise UserError(f"the run's data settings do not fit this version of unetseg ({error})") from None
         assert isinstance(data, DataConfig)
+        if data.source == DataSource.folder and data.root is None:  # trained on the default, data/train
+            data.root = str(ISBI_DEFAULT_ROOT)
         for key in ("root", "val_root"):
             value = getattr(data, key)
             if value is not None and not Path(value).expanduser().is_absolute():

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from unetseg import __version__
+from unetseg.data.pairing import ISBI_DEFAULT_ROOT
 from unetseg.io.atomic import write_bytes_atomic
 from unetseg.reporting.gallery import DEFAULT_IMAGES, Gallery, build_gallery
 from unetseg.reporting.pages import data_uri, duration, number, render, write_page
@@ -19,11 +20,19 @@ from unetseg.tracking.history import best_epoch, run_title
 from unetseg.tracking.pictures import FALSE_FOREGROUND, MISSED_FOREGROUND
 
 
+def _threshold(setting: Any, recorded: Any) -> str:
+    """trainer.threshold, and with auto the threshold chosen after training (metrics.json)."""
+    if setting == "auto" and isinstance(recorded, dict) and recorded.get("by") != "trainer.threshold":
+        return f"auto: {recorded.get('chosen')} (chosen by {recorded.get('by')} on the validation images)"
+    return str(setting)
+
+
 def _glance(run: TrainingRun, best: dict[str, Any] | None) -> list[tuple[str, str]]:
     s, summary = run.setting, run.summary
     data = summary.get("data", {})
     source = s("data.source", "?")
-    where = s("data.root") if source == "folder" else f"synthetic ({s('data.synthetic.num_images')} images)"
+    synthetic = f"synthetic ({s('data.synthetic.num_images')} images)"
+    where = (s("data.root") or f"{ISBI_DEFAULT_ROOT} (the default)") if source == "folder" else synthetic
     if data:
         counts = f"{data['train_images']} training, {data['val_images']} validation images"
         counts += f" · sizes {', '.join(data['image_sizes'])}"
@@ -53,7 +62,7 @@ def _glance(run: TrainingRun, best: dict[str, Any] | None) -> list[tuple[str, st
             "Recipe",
             f"{s('optim.name', '?')} lr {s('optim.lr', '?')}, {s('schedule.name', '?')} schedule, "
             f"{s('trainer.loss', '?')} loss, batch {s('trainer.batch_size', '?')}{crops}, "
-            f"threshold {s('trainer.threshold', '?')}",
+            f"threshold {_threshold(s('trainer.threshold', '?'), summary.get('threshold'))}",
         ),
         ("Precision", summary.get("precision", "not recorded")),
         ("Epochs", epochs),

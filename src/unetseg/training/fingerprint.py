@@ -23,7 +23,10 @@ from unetseg.tracking.loggers import flatten
 # Keys a resumed run may set differently: how long it trains and when it stops early, what it resumes, where
 # it runs, keeps and reports, and how it is watched. data.root and data.val_root are left out because the
 # data digest compares the data itself (the same folder reached by another path is the same data), and
-# data.max_pixels because it is a guard, not a setting of the experiment.
+# data.max_pixels because it is a guard, not a setting of the experiment. trainer.threshold is not free: it
+# decides which epoch validation calls best. Nor is trainer.init_from: the weights a run started from are part of
+# its experiment. A resumed run cannot give it (resume and init_from exclude each other), so it takes it over from
+# the last.pt it continues (with_initialisation), and trainer.resume=auto passes over fine-tuning runs.
 FREE_KEYS = frozenset(
     {
         "trainer.epochs",
@@ -75,6 +78,25 @@ def data_digest(*parts: LabelledImages) -> str:
 
 def fingerprint(cfg: TrainConfig, train: LabelledImages, val: LabelledImages) -> dict[str, Any]:
     return {"config": config_fingerprint(cfg), "data": data_digest(train, val)}
+
+
+INIT_FROM = "trainer.init_from"
+
+
+def initialised_from(stored: dict[str, Any]) -> str | None:
+    """The trainer.init_from a fingerprint records (None: the run started from random weights)."""
+    config = stored.get("config")
+    value = config.get(INIT_FROM) if isinstance(config, dict) else None
+    return None if value in (None, "None") else str(value)
+
+
+def with_initialisation(current: dict[str, Any], stored: dict[str, Any]) -> dict[str, Any]:
+    """``current`` (a resumed run's fingerprint, without trainer.init_from) recording the start of the run it
+    continues, as ``stored`` holds it."""
+    config = stored.get("config")
+    if not isinstance(config, dict) or INIT_FROM not in config:
+        return current
+    return {**current, "config": {**current["config"], INIT_FROM: config[INIT_FROM]}}
 
 
 def difference(stored: dict[str, Any], current: dict[str, Any]) -> str | None:

@@ -4,10 +4,11 @@ among the training data."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
-from unetseg.config import DataConfig
-from unetseg.data.pairing import FOLDER_PAIRS
+from unetseg.config import DataConfig, DataSource
+from unetseg.data.pairing import FOLDER_PAIRS, default_root
 from unetseg.runtime.errors import UserError
 from unetseg.runtime.paths import user_path
 
@@ -33,6 +34,9 @@ def refuse_run_among_data(run_dir: Path, data: DataConfig) -> None:
     """Stop with one line if ``run_dir`` is a data folder or inside its image or label folder: the run's files
     would become training data (and break the pairing next time)."""
     data_folders = {name for pair in FOLDER_PAIRS for name in pair} | {data.image_dir, data.label_dir}
+    if data.source == DataSource.folder and data.root is None:  # data/train, the ISBI default, if it is there
+        default = default_root(Path.cwd())
+        data = dataclasses.replace(data, root=str(default)) if default is not None else data
     for key in ("root", "val_root"):
         given = getattr(data, key)
         if given is None:

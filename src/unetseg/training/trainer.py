@@ -10,6 +10,7 @@ live in one step of their own, so a variant changes one step.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import math
@@ -29,10 +30,12 @@ from torch.nn.parallel import DistributedDataParallel
 from unetseg.config import TrainConfig
 from unetseg.data.dataset import LabelledImages, data_cache, label_rule, load_splits
 from unetseg.data.normalize import PercentileNormalizer
+from unetseg.data.pairing import with_default_root
 from unetseg.io.atomic import copy_atomic, write_text_atomic
 from unetseg.io.strict_json import to_json
 from unetseg.model import build_network, count_parameters
 from unetseg.model.checkpoint import Checkpoint, checkpoint_in, load_checkpoint, newest_checkpoints, save_checkpoint
+from unetseg.model.transfer import load_transferable, shape_difference
 from unetseg.objects.instances import InstanceRule, resolve_rule
 from unetseg.runtime.console import console, progress_bars
 from unetseg.runtime.device import resolve_device
@@ -50,6 +53,14 @@ from unetseg.tracking.pictures import panels, positive_class, thumbnail
 from unetseg.training.border_weights import loss_weights
 from unetseg.training.budget import TimeBudget, budget_state_problem, duration_seconds, readable
 from unetseg.training.fingerprint import difference, fingerprint, training_state_problem
+from unetseg.training.calibration import PROVISIONAL, ThresholdChoice, calibrate
+from unetseg.training.fingerprint import (
+    difference,
+    fingerprint,
+    initialised_from,
+    training_state_problem,
+    with_initialisation,
+)
 from unetseg.training.loader import start_epoch, training_loader
 from unetseg.training.losses import WEIGHTED, compute_loss
 from unetseg.training.monitor import Monitor
@@ -76,6 +87,7 @@ class TrainResult:
     precision: str
     logging_s: dict[str, float]  # time spent drawing curves and in the loggers (and their pictures)
     time_budget: dict[str, Any] | None = None  # with trainer.time_budget: the budget, the time spent, the epochs
+    threshold: ThresholdChoice | None = None  # trainer.threshold=auto: the choice stored in best.pt
 
 
 class Trainer:
@@ -89,10 +101,17 @@ class Trainer:
         run_dir: Path,
         open_loggers: Callable[[Path | None], Loggers] | None = None,
         started_unix: float | None = None,
+        normalization_given: bool = False,
     ) -> None:
+        """``normalization_given``: data.normalization.* was set on the command line, so it holds even when the
+        run starts from a checkpoint (trainer.init_from) that brings its own."""
+        # No data.root for a folder data set: data/train under the launch folder, as the ISBI scripts lay it out.
+        data, self.default_root = with_default_root(cfg.data)
+        cfg = dataclasses.replace(cfg, data=data) if self.default_root else cfg
         self.cfg = cfg
         # A time budget counts from the command's start (``started_unix``: planning a recipe counts too).
         self.budget_started = time.perf_counter() - (time.time() - started_unix) if started_unix else None
+        self.normalization_given = normalization_given
         self.run_dir = run_dir
         # Opened once the data has loaded and a resume was checked: bad input must leave no logged run behind.
         self.open_loggers = open_loggers
@@ -116,6 +135,10 @@ class Trainer:
         self.last: dict[str, float] = {}
         self.stopped_early = False
         self.resumed_from: Path | None = None  # the last.pt this run continues, if any
+        self.initialised_from: Path | None = None  # trainer.init_from, as found
+        self.reinitialised: list[str] = []  # tensors of the output layer that did not come from trainer.init_from
+        self.source: Checkpoint | None = None  # trainer.init_from's or trainer.resume's checkpoint, read first
+        self.source_path: Path | None = None
         # Progress within the epoch at hand (steps trained, their summed loss), for a checkpoint written when
         # a signal stops the run between two steps; a run resumed from one skips those steps.
         self.steps_done, self.epoch_loss_sum = 0, torch.zeros(())
@@ -161,6 +184,7 @@ class Trainer:
         if self.budget_started is None:
             self.budget_started = self.started
         seed_everything(self.cfg.trainer.seed)
+        self.source = self.starting_checkpoint()
         self.train_items, self.val_items = self.load_data()
         self.fingerprint = fingerprint(self.cfg, self.train_items, self.val_items)
         self.loader = training_loader(self.train_items, self.cfg, self.world, self.device, self.shuffle_generator)
@@ -173,6 +197,34 @@ class Trainer:
         self.describe()
         if self.open_loggers is not None and self.world.is_main:
             self.loggers = self.open_loggers(self.resumed_from)
+
+    def starting_checkpoint(self) -> Checkpoint | None:
+        """The checkpoint trainer.init_from (fine-tuning) or trainer.resume=PATH names, read before the data:
+        a fine-tuning run normalises its images as its source did (unless data.normalization.* was given on
+        the command line), and so does a resumed fine-tuning run. A network of another shape is one line."""
+        t = self.cfg.trainer
+        if t.init_from is not None:
+            path = checkpoint_in(t.init_from, "best.pt", "trainer.init_from")
+            source = load_checkpoint(path)
+            differs = shape_difference(source.model, self.spec)
+            if differs:
+                there, here, fix = differs
+                raise UserError(
+                    f"trainer.init_from={path} has {there}; this run has {here}: give {fix} to start from its "
+                    "weights (only model.num_classes may differ)"
+                )
+            self.initialised_from = path
+        elif t.resume is not None and t.resume != "auto":
+            path = checkpoint_in(t.resume, "last.pt", "trainer.resume")  # a file, or a run folder
+            source = load_checkpoint(path)
+        else:
+            return None
+        self.source_path = path
+        stored = (source.training_state or {}).get("fingerprint")
+        fine_tuned = self.initialised_from is not None or (isinstance(stored, dict) and initialised_from(stored))
+        if fine_tuned and not self.normalization_given:  # (a run trained from scratch: as this config says)
+            self.normalizer = source.normalization
+        return source
 
     def load_data(self) -> tuple[LabelledImages, LabelledImages]:
         """Training and validation images; the border weight maps when the loss uses them (computed once)."""
@@ -190,6 +242,10 @@ class Trainer:
         model = build_network(self.spec)
         if resumed is not None:
             model.load_state_dict(resumed.state_dict)
+        elif self.initialised_from is not None:
+            assert self.source is not None
+            self.reinitialised = load_transferable(model, self.source.state_dict)
+        self.source = None  # (its weights are in the model now)
         if self.cfg.trainer.sync_batchnorm and self.world.distributed:
             if self.device.type != "cuda":
                 raise UserError(
@@ -245,8 +301,27 @@ class Trainer:
             f"{pairing} · [bold]model[/]: U-Net {self.spec.upsampling.value} {self.spec.base_channels} wide, "
             f"{self.parameters:,} parameters · [bold]recipe[/]: {recipe} · [bold]on[/]: {self.fast.describe()}{ranks}"
             f" · [bold]best by[/]: {monitor.key}{f' (EMA {monitor.ema})' if monitor.ema else ''}"
-            f" · [bold]run[/]: {self.run_dir}"
+            f"{self.describe_threshold()}{self.describe_start()} · [bold]run[/]: {self.run_dir}"
         )
+
+    def describe_threshold(self) -> str:
+        if self.cfg.trainer.threshold != "auto":
+            return ""
+        return f" · [bold]threshold[/]: auto (validation at {PROVISIONAL}, chosen on the validation images at the end)"
+
+    def describe_start(self) -> str:
+        """Where the data and the weights come from, when that is not what the config spells out."""
+        parts = []
+        if self.default_root:
+            parts.append(f" · [bold]data.root[/] not given: {self.cfg.data.root} (the ISBI scripts' data/train)")
+        if self.initialised_from is not None:
+            normalization = "data.normalization as given" if self.normalization_given else "its normalisation"
+            start = f" · initialised from {self.initialised_from} ({normalization}"
+            if self.reinitialised:
+                layer = ", ".join(self.reinitialised)
+                start += f"; the output layer ({layer}) re-initialised for {self.spec.num_classes} classes"
+            parts.append(start + ")")
+        return "".join(parts)
 
     # ---- resuming ----------------------------------------------------------------------------------------
 
@@ -260,11 +335,14 @@ class Trainer:
             path = Path(str(broadcast_from_main(str(chosen[0]) if chosen else None)))
             checkpoint = chosen[1] if chosen else load_checkpoint(path)
         else:
-            path = checkpoint_in(t.resume, "last.pt", "trainer.resume")  # a file, or a run folder
-            checkpoint = load_checkpoint(path)
+            assert self.source is not None and self.source_path is not None  # read first: starting_checkpoint
+            path, checkpoint = self.source_path, self.source
             problem = self.why_not_resumable(checkpoint)
             if problem:
                 raise UserError(f"trainer.resume={path}: {problem}")
+            stored = (checkpoint.training_state or {}).get("fingerprint")
+            if stored is not None:  # a resumed fine-tuning run still records what it started from
+                self.fingerprint = with_initialisation(self.fingerprint, stored)
         self.resumed_from = path
         return checkpoint
 
@@ -291,7 +369,13 @@ class Trainer:
                     "resume with the model settings of that run"
                 )
         else:
-            differs = difference(stored, self.fingerprint)
+            origin = initialised_from(stored)
+            if origin is not None and self.cfg.trainer.resume == "auto":
+                return (
+                    f"it was fine-tuned from trainer.init_from={origin}: resume it by its path, "
+                    "trainer.resume=RUN/checkpoints/last.pt"
+                )
+            differs = difference(stored, with_initialisation(self.fingerprint, stored))
             if differs:
                 return (
                     f"it is another experiment ({differs}): resume with the same settings and data, apart from "
@@ -474,7 +558,14 @@ class Trainer:
         t = self.cfg.trainer
         previews = self.PREVIEWS if self.loggers.takes_pictures else 0
         validation = validate(
-            self.evaluated, self.val_items, t.loss, t.threshold, self.class_names, self.fast, previews, self.objects
+            self.evaluated,
+            self.val_items,
+            t.loss,
+            self.validation_threshold,
+            self.class_names,
+            self.fast,
+            previews,
+            self.objects,
         )
         self.previews = validation.previews
         self.validation_s = time.perf_counter() - started
@@ -585,9 +676,32 @@ class Trainer:
 
     # ---- the end -----------------------------------------------------------------------------------------
 
+    @property
+    def validation_threshold(self) -> float:
+        """The threshold validation and the checkpoints use: trainer.threshold, or PROVISIONAL while auto."""
+        threshold = self.cfg.trainer.threshold
+        return PROVISIONAL if threshold == "auto" else float(threshold)
+
+    def calibrate_threshold(self) -> ThresholdChoice | None:
+        """trainer.threshold=auto: choose the threshold on the validation images with best.pt's weights, and
+        store it in best.pt (rewritten atomically). On the main process only; None with a fixed threshold."""
+        if self.cfg.trainer.threshold != "auto" or not self.world.is_main:
+            return None
+        path = self.checkpoint_dir / "best.pt"
+        if not path.is_file():  # no epoch was ever best (the monitored score was never defined)
+            console.print(f"trainer.threshold=auto: no best.pt to choose a threshold for; it stays {PROVISIONAL}")
+            return None
+        best = load_checkpoint(path)
+        network = self.fast.prepare_model(best.build_network())
+        choice = calibrate(network, self.val_items, self.class_names, self.fast, self.monitor.key, self.objects)
+        save_checkpoint(dataclasses.replace(best, threshold=choice.chosen), path)
+        log.info("threshold %s chosen by %s on %d validation images", choice.chosen, choice.by, choice.images)
+        return choice
+
     def on_train_end(self) -> TrainResult:
         if self.world.is_main:
             self.curves.update(time.perf_counter() - self.started, final=True)
+        threshold = self.calibrate_threshold()
         best_epoch = self.monitor.best_epoch
         rows = [(f"best (epoch {best_epoch})", self.best), (f"last (epoch {self.epoch})", self.last)]
         console.print(metrics_table("validation scores", rows, self.class_names))
@@ -612,6 +726,7 @@ class Trainer:
                 "spent_before_s": self.budget.spent_before,  # by the run this one resumed
                 "epochs": self.epoch,
             },
+            threshold=threshold,
         )
 
     # ---- helpers -----------------------------------------------------------------------------------------
@@ -631,7 +746,7 @@ class Trainer:
             model=self.spec,
             normalization=self.normalizer,
             class_names=self.class_names,
-            threshold=self.cfg.trainer.threshold,
+            threshold=self.validation_threshold,
             epoch=self.epoch if epoch is None else epoch,
             metrics=self.last,
             target=self.cfg.data.target.value,
