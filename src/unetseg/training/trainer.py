@@ -52,7 +52,6 @@ from unetseg.tracking.loggers import Loggers
 from unetseg.tracking.pictures import panels, positive_class, thumbnail
 from unetseg.training.border_weights import loss_weights
 from unetseg.training.budget import TimeBudget, budget_state_problem, duration_seconds, readable
-from unetseg.training.fingerprint import difference, fingerprint, training_state_problem
 from unetseg.training.calibration import PROVISIONAL, ThresholdChoice, calibrate
 from unetseg.training.fingerprint import (
     difference,
