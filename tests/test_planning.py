@@ -70,6 +70,7 @@ def test_em_slices_get_the_isbi_recipe() -> None:
     assert plan["data.augment.elastic"] == 0.5 and plan["data.augment.noise"] == 0.1  # 20 images: strong
     assert plan["trainer.monitor"] == "dice_membrane" and plan["trainer.monitor_ema"] == 0.9
     assert plan["data.val_fraction"] == 0.2 and plan["optim.lr"] == 2e-3 and plan["schedule.name"] == "poly"
+    assert plan["trainer.threshold"] == "auto"  # chosen on the validation images after training
     assert plan["data.samples_per_epoch"] == 27 * 8  # 1% of 1,200 s at 0.45 s per step
     assert plan["trainer.epochs"] == 2400 // 27  # the first guess: 2,400 steps in 18 minutes
 

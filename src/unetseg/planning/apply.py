@@ -41,7 +41,8 @@ def plan_for(cfg: TrainConfig) -> Plan:
     def time_step(width: int, depth: int, patch: int, batch: int) -> float:
         return time_steps(fast, width, depth, m.in_channels, m.num_classes, patch, batch).seconds
 
-    return make_plan(data, fast.describe(), fast.device.type == "cuda", budget, list(cfg.data.class_names), time_step)
+    on_gpu, names = fast.device.type == "cuda", list(cfg.data.class_names)
+    return make_plan(data, fast.describe(), on_gpu, budget, names, time_step, binary=m.num_classes == 1)
 
 
 def apply_plan(cfg: TrainConfig, values: dict[str, object], given: set[str]) -> TrainConfig:

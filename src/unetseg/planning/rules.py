@@ -13,7 +13,8 @@ reason. The rules, in order (docs/training.md lists them with the figures behind
   thin borders (half the background or more within 3 px of an object);
 - augmentation: elastic 0.5 and intensity changes below 30 images, 0.25 below 200, intensity only above;
 - validation: the last 20% as one block (at least one image); best by the Dice of the rarer class, smoothed
-  (EMA 0.9) when there are many epochs.
+  (EMA 0.9) when there are many epochs; for one-output networks the decision threshold chosen on it after
+  training (trainer.threshold=auto).
 """
 
 from __future__ import annotations
@@ -113,7 +114,10 @@ def make_plan(
     budget_s: float | None,
     class_names: list[str],
     time_step: StepTimer,
+    binary: bool = True,
 ) -> Plan:
+    """The plan for ``data`` on this device within ``budget_s`` (None: 20 minutes); ``binary``: a network with one
+    foreground output (model.num_classes=1), whose decision threshold the plan has chosen after training."""
     plan = Plan(data, device, budget_s or DEFAULT_BUDGET)
     if budget_s is None:
         plan.choose("trainer.time_budget", "20m", "no trainer.time_budget given: plan for 20 minutes")
@@ -202,6 +206,12 @@ def make_plan(
         plan.choose("trainer.monitor", f"dice_{rare}", f"the rarer class ({share:.0%} of the labelled pixels)")
     else:
         plan.choose("trainer.monitor", "dice", "the mean Dice over the classes")
+    if binary:
+        plan.choose(
+            "trainer.threshold",
+            "auto",
+            "chosen after training on the validation images, by the monitored score (stored in best.pt)",
+        )
     plan.choose(
         "trainer.monitor_ema",
         0.9 if epochs >= 20 else 0.0,
