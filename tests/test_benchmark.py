@@ -1,6 +1,7 @@
 """The benchmarks run end to end (at tiny sizes; the real figures come from `make bench` and `make bench-memory`)."""
 
 import json
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -56,22 +57,7 @@ def test_predict_memory_benchmark_measures_the_real_cli(tmp_path: Path) -> None:
 
 def test_big_data_benchmark_trains_the_big_folder_from_the_cache_in_its_budget(tmp_path: Path) -> None:
     out = tmp_path / "big.json"
-    tiny = [
-        "--images",
-        "6",
-        "--size",
-        "96",
-        "--small-images",
-        "3",
-        "--widths",
-        "8",
-        "4",
-        "--steps",
-        "2",
-        "3",
-        "--rounds",
-        "1",
-    ]
+    tiny = shlex.split("--images 4 --size 96 --small-images 2 --widths 8 4 --steps 1 1 --rounds 1")
     result = run_benchmark("big_data.py", out, *tiny, "--memory-share", "0.0000001", "--budget-gib", "3")
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads(out.read_text())
