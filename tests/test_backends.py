@@ -78,6 +78,7 @@ def test_openvino_matches_torch(num_classes: int) -> None:
 
 
 @needs_openvino
+@pytest.mark.slow  # an OpenVINO conversion: 4.5 s
 def test_openvino_converts_a_checkpoint_once() -> None:
     checkpoint = trained_checkpoint(1)
     image = images(1, 64)[0]

@@ -236,6 +236,7 @@ def test_the_start_up_line_says_where_the_data_is_held(tmp_path: Path, monkeypat
     )
 
 
+@pytest.mark.slow  # three CLI runs
 @pytest.mark.parametrize(
     ("override", "fragment"),
     [

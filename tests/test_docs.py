@@ -57,6 +57,7 @@ def test_the_pages_hold_commands() -> None:
     assert {page for page, _, _ in CALLS} >= {"README.md", "objects.md", "scaling-out.md", "evaluation.md"}
 
 
+@pytest.mark.slow  # ~0.5 s per command (Hydra composes each): 20 s of make test-fast's minute
 @pytest.mark.parametrize(("page", "command", "args"), CALLS, ids=[f"{p}: {c} {' '.join(a)}" for p, c, a in CALLS])
 def test_every_documented_command_parses(
     page: str, command: str, args: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
