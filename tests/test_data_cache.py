@@ -280,13 +280,13 @@ def epochs(run: Path) -> list[dict]:
 @pytest.mark.slow
 def test_training_from_the_cache_is_the_same_run_and_resumes_exactly(tmp_path: Path) -> None:
     root = write_dataset(tmp_path / "d", count=6, size=48)
-    in_memory = train(tmp_path, root, "memory", "trainer.epochs=3", "data.in_memory=true")
-    train(tmp_path, root, "cached", "trainer.epochs=2", "data.in_memory=false")
+    in_memory = train(tmp_path, root, "memory", "trainer.epochs=2", "data.in_memory=true")
+    train(tmp_path, root, "cached", "trainer.epochs=1", "data.in_memory=false")
     resumed = train(
         tmp_path,
         root,
         "cached",
-        "trainer.epochs=3",
+        "trainer.epochs=2",
         "data.in_memory=false",
         f"trainer.resume={tmp_path / 'cached'}",
         "trainer.workers=1",
