@@ -87,6 +87,28 @@ def test_large_16_bit_images_get_a_deep_net_and_the_narrowest_width_when_none_re
     assert MIN_STEPS == 2000
 
 
+def test_what_the_command_line_gives_is_planned_around() -> None:
+    data = fingerprint(20, 512, 8, p90=73, thin=0.79, fractions=[0.23, 0.77])
+    time_step = timer({16: 0.5, 32: 1.5, 64: 5.0})
+    given = {"model.base_channels": 32, "data.patch_size": 128}
+    plan = make_plan(data, "cpu", False, 1200, ["membrane", "cell"], time_step, given=given)
+    assert time_step.calls == [(32, 4, 128, 32)]  # only the given width, at the given patch (and the batch for it)
+    values = plan.values()
+    assert values["model.base_channels"] == 32 and values["data.patch_size"] == 256  # planned: 256; given: 128
+    assert values["trainer.batch_size"] == 32  # the pixels of 8 × 256²
+    # 1,080 s / 1.5 s = 720 steps, in epochs of at least 10 steps
+    assert values["data.samples_per_epoch"] == 10 * 32 and values["trainer.epochs"] == 720 // 10
+    assert "yours (planned 256)" in _text(plan.table({"data.patch_size", "model.base_channels"}))
+
+
+def _text(table: object) -> str:
+    from rich.console import Console
+
+    console = Console(width=200, record=True)
+    console.print(table)
+    return console.export_text()
+
+
 def test_a_fingerprint_sees_objects_and_thin_borders() -> None:
     from unetseg.data.decoding import decoded
     from unetseg.data.normalize import PercentileNormalizer
@@ -207,14 +229,16 @@ def test_plan_prints_and_experiment_auto_trains_the_plan_keeping_what_the_comman
     assert saved.settings["data.patch_size"] == 64 and saved.step_seconds["16"] > 0  # 15 s: 16 is the only width timed
     trained = run_cli(
         "train", "experiment=auto", f"data.root={root}", "trainer.time_budget=15s", "model.base_channels=4",
-        "hydra.run.dir=run", cwd=tmp_path,
+        "data.augment.elastic=0", "hydra.run.dir=run", cwd=tmp_path,
     )  # fmt: skip
     assert trained.returncode == 0, trained.stderr
     said = " ".join(trained.stdout.split())
-    assert "yours (planned 16)" in said  # model.base_channels=4 wins over the plan
+    assert "yours (planned 0.5)" in said  # data.augment.elastic=0 wins over the plan (10 images: 0.5)
     assert "U-Net bilinear 4 wide" in said
     plan = OmegaConf.load(tmp_path / "run" / "plan.yaml")
     config = OmegaConf.load(tmp_path / "run" / ".hydra" / "config.yaml")
-    assert plan.settings["model.base_channels"] == 16 and config.plan is True
+    # the given width is the one timed, and the epochs are sized for it
+    assert list(plan.step_seconds) == ["4"] and plan.settings["model.base_channels"] == 4 and config.plan is True
+    assert config.data.augment.elastic == 0
     summary = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert summary["time_budget"]["spent_s"] <= 15 * 1.1 and summary["epochs"] >= 2

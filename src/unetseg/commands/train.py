@@ -66,7 +66,7 @@ def planned(cfg: TrainConfig, run_dir: Path) -> TrainConfig:
     if reused is not None:
         values = reused
     else:
-        plan = plan_for(cfg) if world.is_main else None
+        plan = plan_for(cfg, given) if world.is_main else None
         values = broadcast_from_main(plan.values() if plan is not None else None)  # type: ignore[assignment]
     result = apply_plan(cfg, values, given)
     CHECKS["train"](result)

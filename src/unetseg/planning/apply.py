@@ -31,8 +31,24 @@ def is_given(key: str, given: set[str]) -> bool:
     return bool(nodes & given) or (parts[0] in GROUPS_THAT_DECIDE and parts[0] in given)
 
 
-def plan_for(cfg: TrainConfig) -> Plan:
-    """The plan for this config's data on this machine (a few timed steps: seconds)."""
+def given_values(cfg: TrainConfig, given: set[str]) -> dict[str, object]:
+    """The config's values (dotted keys) that the command line set."""
+    values: dict[str, object] = {}
+
+    def walk(node: object, prefix: str) -> None:
+        if isinstance(node, dict):
+            for name, child in node.items():
+                walk(child, f"{prefix}.{name}" if prefix else str(name))
+        elif is_given(prefix, given):
+            values[prefix] = node
+
+    walk(OmegaConf.to_container(OmegaConf.structured(cfg), enum_to_str=True), "")
+    return values
+
+
+def plan_for(cfg: TrainConfig, given: set[str] | None = None) -> Plan:
+    """The plan for this config's data on this machine (a few timed steps: seconds), built around the values of the
+    ``given`` keys (the command line's: ``model.base_channels=32`` is the width timed and planned for)."""
     fast = choose_fast_path(resolve_device(cfg.trainer.device), cfg.trainer.precision.value, cfg.trainer.channels_last)
     m = cfg.model
     data = fingerprint_data(cfg.data, m.in_channels, m.num_classes)
@@ -42,7 +58,8 @@ def plan_for(cfg: TrainConfig) -> Plan:
         return time_steps(fast, width, depth, m.in_channels, m.num_classes, patch, batch).seconds
 
     on_gpu, names = fast.device.type == "cuda", list(cfg.data.class_names)
-    return make_plan(data, fast.describe(), on_gpu, budget, names, time_step, binary=m.num_classes == 1)
+    fixed = given_values(cfg, given or set())
+    return make_plan(data, fast.describe(), on_gpu, budget, names, time_step, binary=m.num_classes == 1, given=fixed)
 
 
 def apply_plan(cfg: TrainConfig, values: dict[str, object], given: set[str]) -> TrainConfig:

@@ -54,10 +54,12 @@ class Plan:
     budget_s: float
     step_times: dict[int, float] = field(default_factory=dict)  # width → seconds per step, measured
     choices: list[Choice] = field(default_factory=list)
+    given: dict[str, Any] = field(default_factory=dict)  # values the command line set: the rest is planned around them
 
     def choose(self, key: str, value: Any, reason: str) -> Any:
+        """Record the planned ``value``; return the one the rules go on with (the command line's, where given)."""
         self.choices.append(Choice(key, value, reason))
-        return value
+        return self.given.get(key, value)
 
     def values(self) -> dict[str, Any]:
         return {c.key: c.value for c in self.choices}
@@ -70,7 +72,8 @@ class Plan:
         for choice in self.choices:
             value = f"{choice.value}"
             if kept and choice.key in kept:
-                value = f"yours (planned {value})"
+                same = choice.key in self.given and self.given[choice.key] == choice.value
+                value = "yours" if same else f"yours (planned {value})"
             table.add_row(choice.key, value, choice.reason)
         return table
 
@@ -115,10 +118,12 @@ def make_plan(
     class_names: list[str],
     time_step: StepTimer,
     binary: bool = True,
+    given: dict[str, Any] | None = None,
 ) -> Plan:
     """The plan for ``data`` on this device within ``budget_s`` (None: 20 minutes); ``binary``: a network with one
-    foreground output (model.num_classes=1), whose decision threshold the plan has chosen after training."""
-    plan = Plan(data, device, budget_s or DEFAULT_BUDGET)
+    foreground output (model.num_classes=1), whose decision threshold the plan has chosen after training;
+    ``given``: settings the command line fixed, which the later rules build on (a given width is the one timed)."""
+    plan = Plan(data, device, budget_s or DEFAULT_BUDGET, given=dict(given or {}))
     if budget_s is None:
         plan.choose("trainer.time_budget", "20m", "no trainer.time_budget given: plan for 20 minutes")
     p90 = data.object_diameters.get("p90", 0.0)
@@ -133,18 +138,20 @@ def make_plan(
     while depth > 3 and patch < 2**depth * 8:  # the deepest layer must keep a few pixels
         depth -= 1
         patch = min(target, side // 2**depth * 2**depth)
-    plan.choose("model.depth", depth, why)
+    depth = plan.choose("model.depth", depth, why)
     if patch < target:
         why = f"the smallest image side is {side} px: whole images (a multiple of 2^depth = {2**depth})"
     else:
         why = f"{target}² crops on a {'GPU' if on_gpu else 'CPU'}: varied samples at a step cost that fits"
-    plan.choose("data.patch_size", patch, why)
+    patch = plan.choose("data.patch_size", patch, why)
     base_batch = 16 if on_gpu else 8
     batch = min(32, max(base_batch, round(base_batch * (target / patch) ** 2)))
-    plan.choose("trainer.batch_size", batch, f"{batch} patches of {patch}² per step")
+    batch = plan.choose("trainer.batch_size", batch, f"{batch} patches of {patch}² per step")
 
     train_s = plan.budget_s * TRAINING_SHARE
     widths = WIDTHS_GPU if on_gpu else WIDTHS_CPU
+    if "model.base_channels" in plan.given:  # time the width that will train, and only that one
+        widths = (int(plan.given["model.base_channels"]),)
     chosen = widths[0]
     for width in widths:
         plan.step_times[width] = time_step(width, depth, patch, batch)
@@ -153,13 +160,13 @@ def make_plan(
         chosen = width
     steps = int(train_s / plan.step_times[chosen])
     timed = ", ".join(f"{w}-wide {s:.2f} s" for w, s in plan.step_times.items())
-    plan.choose(
-        "model.base_channels",
-        chosen,
-        f"steps timed here ({timed}): the widest with ≥ {MIN_STEPS:,} steps in {readable(train_s)} of training"
-        if steps >= MIN_STEPS
-        else f"steps timed here ({timed}): no width reaches {MIN_STEPS:,} steps in {readable(train_s)}; the narrowest",
-    )
+    if "model.base_channels" in plan.given:
+        why = f"step timed here ({timed}): about {steps:,} steps in {readable(train_s)} of training"
+    elif steps >= MIN_STEPS:
+        why = f"steps timed here ({timed}): the widest with ≥ {MIN_STEPS:,} steps in {readable(train_s)} of training"
+    else:
+        why = f"steps timed here ({timed}): no width reaches {MIN_STEPS:,} steps in {readable(train_s)}; the narrowest"
+    plan.choose("model.base_channels", chosen, why)
     per_epoch = min(200, max(10, round(0.01 * plan.budget_s / plan.step_times[chosen])))
     plan.choose("data.samples_per_epoch", per_epoch * batch, f"{per_epoch} steps per epoch: about 1% of the budget")
     epochs = max(1, steps // per_epoch)
