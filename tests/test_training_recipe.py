@@ -23,6 +23,7 @@ from unetseg.training.losses import compute_loss
 from unetseg.training.monitor import Monitor
 from unetseg.training.optimizers import build_optimizer
 from unetseg.training.schedules import Horizon, build_schedule
+from unetseg.training.weight_average import WeightAverage
 
 
 def test_border_weight_map_follows_the_unet_formula() -> None:
@@ -164,15 +165,22 @@ def weights(path: Path) -> dict[str, torch.Tensor]:
 
 @pytest.mark.slow
 def test_resume_continues_exactly(tmp_path: Path, dataset: Path) -> None:
-    straight = train(tmp_path, dataset, "trainer.epochs=3", "trainer.loss=weighted_bce_dice")
-    first = train(tmp_path, dataset, "trainer.epochs=2", "trainer.loss=weighted_bce_dice")
-    resumed = train(tmp_path, dataset, "trainer.epochs=3", "trainer.loss=weighted_bce_dice", "trainer.resume=auto")
+    # with the weights' moving average: the checkpoints hold the average, the training state the weights that train
+    recipe = ("trainer.loss=weighted_bce_dice", "trainer.weight_ema=0.9")
+    straight = train(tmp_path, dataset, "trainer.epochs=3", *recipe)
+    first = train(tmp_path, dataset, "trainer.epochs=2", *recipe)
+    resumed = train(tmp_path, dataset, "trainer.epochs=3", *recipe, "trainer.resume=auto")
     assert [e["epoch"] for e in epochs(resumed)] == [1, 2, 3]  # the earlier epochs are carried over
     assert epochs(resumed)[:2] == epochs(first)
     assert epochs(resumed)[2] | {"epoch_time_s": 0} == epochs(straight)[2] | {"epoch_time_s": 0}
     final, expected = weights(resumed / "checkpoints" / "last.pt"), weights(straight / "checkpoints" / "last.pt")
     for name in expected:  # bit for bit: model, optimiser, schedule and augmentation all continue exactly
         assert torch.equal(final[name], expected[name]), name
+    trained = torch.load(resumed / "checkpoints" / "last.pt", weights_only=True)["training_state"]
+    expected_trained = torch.load(straight / "checkpoints" / "last.pt", weights_only=True)["training_state"]
+    assert trained["weight_updates"] == expected_trained["weight_updates"] > 0
+    assert all(torch.equal(trained["weights"][name], expected_trained["weights"][name]) for name in expected)
+    assert not all(torch.equal(trained["weights"][name], final[name]) for name in expected)  # the average differs
     assert (resumed / "checkpoints" / "best.pt").is_file()
 
 
@@ -213,6 +221,7 @@ def test_bad_recipe_settings_are_one_line(tmp_path: Path, dataset: Path) -> None
         ("data.augment.elastic=1.5", "data.augment.elastic=1.5"),
         ("data.patch_size=2", "data.patch_size=2"),
         ("trainer.monitor_ema=1", "trainer.monitor_ema=1"),
+        ("trainer.weight_ema=-0.5", "trainer.weight_ema=-0.5"),
         ("schedule=cyclic", "schedule"),
     ):
         with pytest.raises(UserError, match=re.escape(fragment)):
@@ -225,6 +234,27 @@ def test_losses_are_low_for_confident_correct_logits(loss: LossName) -> None:
     good = (target.float() * 20 - 10)[:, None]
     assert compute_loss(loss, good, target) < 0.01
     assert compute_loss(loss, -good, target) > 0.4
+
+
+def test_the_weight_average_ramps_up_and_follows_the_batchnorm_statistics() -> None:
+    network = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2))
+    average = WeightAverage(network, decay=0.9)
+    first = network[0].weight.detach().clone()
+    for step in range(1, 201):
+        network(torch.rand(2, 1, 8, 8))  # BatchNorm's running statistics move
+        with torch.no_grad():
+            network[0].weight.add_(1.0)
+        average.update(network)
+        if step == 1:  # the first update copies the weights: the random start leaves no trace
+            assert torch.equal(average.module[0].weight, first + 1.0)
+        if step == 2:  # then the decay ramps up from 2/11
+            assert torch.allclose(average.module[0].weight, first + 1.0 + 9 / 11)
+    assert average.updates == 200
+    # weights rising by 1 per step: the average lags by decay / (1 − decay) = 9 steps once the ramp is over
+    lag = (network[0].weight - average.module[0].weight).mean().item()
+    assert 8.9 < lag < 9.0
+    assert not torch.equal(average.module[1].running_mean, torch.zeros(2))
+    assert torch.equal(average.module[1].num_batches_tracked, network[1].num_batches_tracked)
 
 
 def test_optimiser_settings_reach_torch() -> None:

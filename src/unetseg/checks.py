@@ -291,6 +291,7 @@ def _check_training_recipe(cfg: TrainConfig) -> None:
         except UserError as error:
             raise UserError(f"trainer.monitor={t.monitor} scores objects, but {error}") from None
     _require(0 <= t.monitor_ema < 1, f"trainer.monitor_ema={t.monitor_ema}: must be in [0, 1) (0 = no smoothing)")
+    _require(0 <= t.weight_ema < 1, f"trainer.weight_ema={t.weight_ema}: must be in [0, 1) (0 = no averaging)")
     _require(t.log_every_n_steps >= 1, f"trainer.log_every_n_steps={t.log_every_n_steps}: must be at least 1")
     _require(t.report_images >= 0, f"trainer.report_images={t.report_images}: must be 0 or more")
     _require(

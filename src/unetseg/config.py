@@ -224,6 +224,7 @@ class TrainerConfig:
     threshold: float | int | str = MISSING  # a probability, or "auto" (int: 0 and 1 refused in words)
     monitor: str = MISSING
     monitor_ema: float = MISSING
+    weight_ema: float = MISSING  # the decay of the weights' moving average per step (training.weight_average); 0 = off
     early_stopping: int | None = MISSING
     resume: str | None = MISSING
     init_from: str | None = MISSING  # fine-tuning: start from another run's weights (a checkpoint or run folder)

@@ -140,6 +140,15 @@ def training_state_problem(state: dict[str, Any]) -> str | None:
         isinstance(stored, dict) and isinstance(stored.get("config"), dict) and isinstance(stored.get("data"), str)
     ):
         return "its fingerprint is not a config and a data digest"
+    weights, updates = state.get("weights"), state.get("weight_updates")
+    if weights is not None and not (
+        isinstance(weights, dict)
+        and all(isinstance(key, str) and isinstance(value, torch.Tensor) for key, value in weights.items())
+        and all(bool(torch.isfinite(value).all()) for value in weights.values() if value.is_floating_point())
+        and isinstance(updates, int)
+        and updates >= 0
+    ):
+        return "its training weights (trainer.weight_ema) are not tensors by name and a step count"
     progress = state.get("epoch_progress")
     if progress is not None:
         steps, loss_sum = (progress.get("steps"), progress.get("loss_sum")) if isinstance(progress, dict) else (0, 0)

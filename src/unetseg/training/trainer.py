@@ -66,6 +66,7 @@ from unetseg.training.monitor import Monitor
 from unetseg.training.optimizers import build_optimizer
 from unetseg.training.schedules import Horizon, build_schedule
 from unetseg.training.validation import Preview, validate
+from unetseg.training.weight_average import WeightAverage
 
 log = logging.getLogger(__name__)
 
@@ -254,6 +255,10 @@ class Trainer:
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         self.model = self.fast.prepare_model(model)
         self.parameters = count_parameters(self.model)
+        # trainer.weight_ema: the average starts as these weights (a resumed run's average: restore() puts the
+        # weights that train back into self.model)
+        decay = self.cfg.trainer.weight_ema
+        self.average = WeightAverage(self.model, decay) if decay > 0 else None
 
     def set_up_optimisation(self) -> None:
         cfg = self.cfg
@@ -435,6 +440,9 @@ class Trainer:
             self.schedule.load_state_dict(state["schedule"])
             torch.set_rng_state(state["torch_rng"])
             monitor = Monitor.from_state(state["monitor"])
+            if self.average is not None:  # the checkpoint's weights are the average; these are the ones that train
+                self.model.load_state_dict(state["weights"])
+                self.average.continue_from(int(state["weight_updates"]))
         except (KeyError, TypeError, ValueError, RuntimeError) as error:  # an edited file: the fingerprint matched
             raise UserError(
                 f"trainer.resume={self.resumed_from}: its training state does not fit this run "
@@ -547,17 +555,21 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.schedule.after_step()
+        if self.average is not None:
+            self.average.update(self.model)
         return loss.detach()
 
     def validation_epoch(self, train_loss: float) -> dict[str, float]:
         # Each rank's last forward pass updated its own BatchNorm running statistics: validate (and save)
         # rank 0's, on every rank.
         broadcast_buffers(self.model)
+        if self.average is not None:
+            broadcast_buffers(self.average.module)
         started = time.perf_counter()
         t = self.cfg.trainer
         previews = self.PREVIEWS if self.loggers.takes_pictures else 0
         validation = validate(
-            self.evaluated,
+            self.evaluated if self.average is None else self.average.module,
             self.val_items,
             t.loss,
             self.validation_threshold,
@@ -740,8 +752,10 @@ class Trainer:
         }
 
     def checkpoint(self, training_state: dict[str, Any] | None = None, epoch: int | None = None) -> Checkpoint:
+        """The network as validated (with trainer.weight_ema, the average), and ``training_state`` for last.pt."""
+        network = self.model if self.average is None else self.average.module
         return Checkpoint(
-            state_dict={k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            state_dict={k: v.detach().cpu() for k, v in network.state_dict().items()},
             model=self.spec,
             normalization=self.normalizer,
             class_names=self.class_names,
@@ -764,6 +778,14 @@ class Trainer:
             "best": dict(self.best),
             "torch_rng": torch.get_rng_state(),
             "fingerprint": self.fingerprint,
+            **(
+                {
+                    "weights": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+                    "weight_updates": self.average.updates,
+                }
+                if self.average is not None
+                else {}
+            ),
             **(
                 {"time_budget": self.budget.state_dict(time.perf_counter() - self.budget_started, self.planned_epochs)}
                 if self.budget is not None
