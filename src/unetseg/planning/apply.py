@@ -11,6 +11,7 @@ from unetseg.planning.probe import time_steps
 from unetseg.planning.rules import Plan, make_plan
 from unetseg.runtime.device import resolve_device
 from unetseg.runtime.precision import choose_fast_path
+from unetseg.tracking.loggers import flatten
 from unetseg.training.budget import duration_seconds
 
 # Choosing one of these groups on the command line (optim=sgd) chooses its settings too: the plan keeps out. The
@@ -33,17 +34,8 @@ def is_given(key: str, given: set[str]) -> bool:
 
 def given_values(cfg: TrainConfig, given: set[str]) -> dict[str, object]:
     """The config's values (dotted keys) that the command line set."""
-    values: dict[str, object] = {}
-
-    def walk(node: object, prefix: str) -> None:
-        if isinstance(node, dict):
-            for name, child in node.items():
-                walk(child, f"{prefix}.{name}" if prefix else str(name))
-        elif is_given(prefix, given):
-            values[prefix] = node
-
-    walk(OmegaConf.to_container(OmegaConf.structured(cfg), enum_to_str=True), "")
-    return values
+    tree = OmegaConf.to_container(OmegaConf.structured(cfg), enum_to_str=True)
+    return {key: value for key, value in flatten(tree).items() if is_given(key, given)}  # type: ignore[arg-type]
 
 
 def plan_for(cfg: TrainConfig, given: set[str] | None = None) -> Plan:

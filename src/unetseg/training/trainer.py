@@ -753,9 +753,8 @@ class Trainer:
 
     def checkpoint(self, training_state: dict[str, Any] | None = None, epoch: int | None = None) -> Checkpoint:
         """The network as validated (with trainer.weight_ema, the average), and ``training_state`` for last.pt."""
-        network = self.model if self.average is None else self.average.module
         return Checkpoint(
-            state_dict={k: v.detach().cpu() for k, v in network.state_dict().items()},
+            state_dict=cpu_weights(self.model if self.average is None else self.average.module),
             model=self.spec,
             normalization=self.normalizer,
             class_names=self.class_names,
@@ -780,7 +779,7 @@ class Trainer:
             "fingerprint": self.fingerprint,
             **(
                 {
-                    "weights": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+                    "weights": cpu_weights(self.model),
                     "weight_updates": self.average.updates,
                 }
                 if self.average is not None
@@ -816,6 +815,11 @@ class TrainingBars:
 
     def print(self, line: str) -> None:
         self.progress.console.print(line)
+
+
+def cpu_weights(network: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A network's state dict, detached, on the CPU: what a checkpoint stores."""
+    return {key: value.detach().cpu() for key, value in network.state_dict().items()}
 
 
 def seed_everything(seed: int) -> None:
